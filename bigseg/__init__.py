@@ -1,0 +1,48 @@
+"""bigseg: segment images too big for one machine's memory, block by block on a Dask cluster."""
+from __future__ import annotations
+
+from bigseg.config import JobSpec
+from bigseg.errors import BigsegError
+from bigseg.io.ome import open_image
+from bigseg.pipeline import SegmentResult
+
+__version__ = "0.1.0"
+
+
+def segment(image, method: str = "watershed", name: str | None = None, *, client=None, scheduler: str | None = None,
+            workers: int | None = None, level: int = 0, channel: int | None = None, timepoint: int | None = None,
+            block=None, halo=None, output=None, overwrite: bool = False, iou_threshold: float = 0.5,
+            progress=None, **params) -> SegmentResult:
+    """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
+
+    Parameters
+    ----------
+    image : str or path
+        OME-Zarr image (local path or fsspec URL).
+    method : str
+        ``"threshold"`` or ``"watershed"``; ``params`` are its parameters (``sigma``, ``threshold``,
+        ``diameter``, ``min_size``, ...).
+    name : str
+        Label name: written to ``IMAGE/labels/<name>`` unless ``output`` is given. Default: the method.
+    client, scheduler, workers
+        A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster.
+
+    Returns
+    -------
+    SegmentResult
+        Paths of the label image and table, object and block counts, seconds per stage.
+
+    Examples
+    --------
+    >>> result = bigseg.segment("nuclei.zarr", "watershed", name="nuclei", diameter=10)  # doctest: +SKIP
+    >>> result.objects, result.labels, result.table  # doctest: +SKIP
+    """
+    from bigseg import cluster, pipeline
+    spec = JobSpec(image=image, method=method, name=name, params=params, level=level, channel=channel,
+                   timepoint=timepoint, block=tuple(block) if block is not None else None, halo=halo,
+                   output=output, overwrite=overwrite, iou_threshold=iou_threshold)
+    with cluster.connect(scheduler, workers, client) as c:
+        return pipeline.run(spec, c, progress)
+
+
+__all__ = ["BigsegError", "JobSpec", "SegmentResult", "open_image", "segment", "__version__"]

@@ -1,0 +1,161 @@
+"""The block grid: core regions that tile the image, each read with a halo around it."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from bigseg.errors import ParameterError
+
+#: Default budget of core voxels per block (before the halo); the methods use ~40 bytes a voxel.
+DEFAULT_BLOCK_VOXELS = 2**25
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: its grid index, its core (owned voxels) and its extended (core + halo) region."""
+
+    id: int
+    index: tuple[int, ...]
+    core: tuple[slice, ...]
+    extended: tuple[slice, ...]
+
+    @property
+    def core_in_extended(self) -> tuple[slice, ...]:
+        return tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(self.core, self.extended))
+
+    @property
+    def origin(self) -> tuple[int, ...]:
+        return tuple(s.start for s in self.core)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """A regular grid of blocks over an image of ``shape``; the last block on an axis may be smaller."""
+
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    halo: tuple[int, ...]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block_shape))
+
+    def __len__(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def flat_id(self, index: tuple[int, ...]) -> int:
+        return int(np.ravel_multi_index(index, self.grid_shape))
+
+    def core(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.shape))
+
+    def extended(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(max(c.start - h, 0), min(c.stop + h, s))
+                     for c, h, s in zip(self.core(index), self.halo, self.shape))
+
+    def block(self, index: tuple[int, ...]) -> Block:
+        index = tuple(int(i) for i in index)
+        return Block(self.flat_id(index), index, self.core(index), self.extended(index))
+
+    def __iter__(self):
+        for index in np.ndindex(*self.grid_shape):
+            yield self.block(index)
+
+    def neighbour_offsets(self, index: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Offsets (-1, 0, 1 per axis, not all 0) of the blocks next to ``index`` (faces, edges, corners)."""
+        out = []
+        for off in itertools.product((-1, 0, 1), repeat=len(index)):
+            if any(off) and all(0 <= i + o < g for i, o, g in zip(index, off, self.grid_shape)):
+                out.append(off)
+        return out
+
+    def shared_faces(self, index: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(axis, side) of the core faces that touch another block; side is 0 (low) or 1 (high)."""
+        return [(d, side) for d in range(len(index)) for side in (0, 1)
+                if 0 <= index[d] + (1 if side else -1) < self.grid_shape[d]]
+
+    def block_of(self, positions: np.ndarray, axis: int) -> np.ndarray:
+        return positions // self.block_shape[axis]
+
+    @cached_property
+    def face_pairs(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(axis, low block index) for every pair of blocks that share a face."""
+        out = []
+        for index in np.ndindex(*self.grid_shape):
+            for d in range(len(index)):
+                if index[d] + 1 < self.grid_shape[d]:
+                    out.append((d, tuple(int(i) for i in index)))
+        return out
+
+    @cached_property
+    def neighbour_pairs(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(index A, offset) for every unordered pair of adjacent blocks, A first in raster order."""
+        out = []
+        for index in np.ndindex(*self.grid_shape):
+            for off in self.neighbour_offsets(index):
+                if off > (0,) * len(off):  # lexicographically positive: each pair once
+                    out.append((tuple(int(i) for i in index), off))
+        return out
+
+
+def intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return None if any(s.start >= s.stop for s in out) else out
+
+
+def shift(region: tuple[slice, ...], origin: tuple[int, ...]) -> tuple[slice, ...]:
+    """A global region in the coordinates of an array that starts at ``origin``."""
+    return tuple(slice(s.start - o, s.stop - o) for s, o in zip(region, origin))
+
+
+def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, ...],
+              block_shape: tuple[int, ...] | None = None,
+              max_voxels: int = DEFAULT_BLOCK_VOXELS) -> BlockGrid:
+    """Choose (or check) a block shape: a multiple of the chunk shape, halo smaller than the block."""
+    ndim = len(shape)
+    chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+    if block_shape is None:
+        block_shape = default_block_shape(shape, chunks, max_voxels)
+    else:
+        block_shape = tuple(int(b) for b in block_shape)
+        if len(block_shape) != ndim:
+            raise ParameterError(f"--block has {len(block_shape)} values but the image is {ndim}D "
+                                 f"(shape {shape}); give {ndim} values, e.g. --block {','.join(map(str, chunks))}")
+        for d, (b, c, s) in enumerate(zip(block_shape, chunks, shape)):
+            if b <= 0 or (b % c and b < s):
+                raise ParameterError(
+                    f"block {block_shape} is not a multiple of the chunk shape {chunks}; "
+                    "blocks must be whole chunks so that concurrent writes are safe")
+        block_shape = tuple(min(b, s) for b, s in zip(block_shape, shape))
+    if len(halo) != ndim:
+        raise ParameterError(f"--halo has {len(halo)} values but the image is {ndim}D; give 1 or {ndim} values")
+    grid_shape = [math.ceil(s / b) for s, b in zip(shape, block_shape)]
+    halo = tuple(0 if g == 1 else int(h) for h, g in zip(halo, grid_shape))
+    for d, (h, b) in enumerate(zip(halo, block_shape)):
+        if h < 0:
+            raise ParameterError(f"halo {h} is negative; give a halo of 0 or more voxels")
+        if h > b:
+            raise ParameterError(
+                f"halo {h} is larger than the block ({b} voxels) along axis {d}; "
+                "use a larger --block or a smaller --halo")
+    return BlockGrid(tuple(shape), block_shape, halo)
+
+
+def default_block_shape(shape, chunks, max_voxels):
+    """Grow whole chunks, smallest axis first, until the block reaches ``max_voxels``."""
+    block = list(chunks)
+    while True:
+        growable = [d for d in range(len(block)) if block[d] < shape[d]]
+        if not growable:
+            break
+        d = min(growable, key=lambda i: block[i])
+        step = block[d] + chunks[d] if block[d] < chunks[d] * 2 else block[d] * 2
+        new = min(step, math.ceil(shape[d] / chunks[d]) * chunks[d])
+        if math.prod(block) // block[d] * new > max_voxels:
+            break
+        block[d] = new
+    return tuple(min(b, s) for b, s in zip(block, shape))

@@ -1,0 +1,17 @@
+"""User-facing errors: one type, caught once by the CLI and printed as one line."""
+
+
+class BigsegError(Exception):
+    """A mistake in what the user asked for; the message says what and how to fix it."""
+
+
+class InputError(BigsegError):
+    """The input image cannot be used as given."""
+
+
+class OutputError(BigsegError):
+    """The output location cannot be written as asked."""
+
+
+class ParameterError(BigsegError):
+    """A method, block or cluster parameter does not fit the image."""

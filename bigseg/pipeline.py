@@ -1,0 +1,209 @@
+"""One job, stage by stage, on a Dask client:
+
+open -> plan -> segment blocks -> stitch -> relabel -> pyramid -> measure -> finalize.
+
+The client sends small task descriptions and receives per-block summaries (counts, statistics of
+boundary fragments, edges); voxels move only between workers and storage.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from bigseg import measure
+from bigseg.blocks import plan_grid
+from bigseg.config import JobSpec
+from bigseg.errors import ParameterError
+from bigseg.io import labels as label_io
+from bigseg.io import store
+from bigseg.io import table as table_io
+from bigseg.io.ome import open_image
+from bigseg.methods import get_method
+from bigseg.methods._classical import per_axis
+from bigseg.progress import Progress
+from bigseg.pyramid import DownsampleTask, downsample, regions
+from bigseg.relabel import RelabelTask, relabel_block
+from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
+from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, touch_edges
+
+log = logging.getLogger(__name__)
+#: Retries of a failed block task before the job fails (lost workers are handled by Dask itself).
+RETRIES = 2
+
+
+@dataclass
+class SegmentResult:
+    """What a job produced: where, how much, how long."""
+
+    labels: str
+    table: str
+    objects: int
+    blocks: int
+    blocks_empty: int
+    dtype: str
+    threshold: float | None
+    block_shape: tuple[int, ...]
+    halo: tuple[int, ...]
+    seconds: dict = field(default_factory=dict)
+    voxels: int = 0
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / max(self.seconds.get("total", 0.0), 1e-9)
+
+    def summary(self) -> dict:
+        return {"labels": self.labels, "table": self.table, "objects": self.objects, "blocks": self.blocks,
+                "blocks_empty": self.blocks_empty, "dtype": self.dtype, "threshold": self.threshold,
+                "block": list(self.block_shape), "halo": list(self.halo),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
+                "voxels_per_second": round(self.voxels_per_second, 1)}
+
+
+class _Stages:
+    """Times stages and drives the progress observer."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.seconds, self._t = progress, {}, None
+
+    def run(self, client, name: str, fn, tasks: list, key: str, resources=None) -> list:
+        t0 = time.perf_counter()
+        self.progress.stage(name, len(tasks))
+        results = [None] * len(tasks)
+        if tasks:
+            from distributed import as_completed
+            futures = client.map(fn, tasks, key=[f"{key}-{name}-{i}" for i in range(len(tasks))],
+                                 retries=RETRIES, resources=resources, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            for fut in as_completed(futures):
+                results[index[fut.key]] = fut.result()
+                self.progress.advance()
+        self.progress.end()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return results
+
+    def local(self, name: str):
+        stages = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.seconds[name] = stages.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+        return _Timer()
+
+
+def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResult:
+    progress = progress or Progress()
+    stages = _Stages(progress)
+    t_start = time.perf_counter()
+    key = f"bigseg-{uuid.uuid4().hex[:8]}"
+
+    with stages.local("plan"):
+        image = open_image(spec.image)
+        view = image.view(spec.level, spec.channel, spec.timepoint)
+        method = get_method(spec.method, **spec.params)
+        method.check(view.ndim)
+        halo = method.halo(view.ndim) if spec.halo is None else \
+            tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
+        grid = plan_grid(view.shape, view.chunks, halo, spec.block)
+        if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
+            raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
+                                 "give --halo 1 or more")
+        target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
+        method = method.prepare(view)  # job-wide values (threshold) once, never per block
+        min_size = method.object_min_size(view.ndim)
+        label_io.start(target, spec.overwrite)
+        files = JobFiles(target.work_url)
+        zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
+                          chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
+    progress.message(f"bigseg: {image.url} level {spec.level} {view.shape} in {len(grid)} blocks of "
+                     f"{grid.block_shape} (halo {grid.halo}), method {method.name}")
+    if getattr(client, "dashboard_link", None):
+        progress.message(f"bigseg: Dask dashboard {client.dashboard_link}")
+
+    blocks = list(grid)
+    tasks = [SegmentTask(view, method, grid, b, files, min_size, method.stitch_rule == "iou") for b in blocks]
+    summaries = stages.run(client, "segment", segment_block, tasks, key, resources=method.resources)
+    by_id = {s.block_id: s for s in summaries}
+
+    if method.stitch_rule == "touch":
+        connectivity = getattr(method, "connectivity", None) or view.ndim
+        stitch_tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs
+                        if by_id[grid.flat_id(low)].n_boundary and
+                        by_id[grid.flat_id(_next(low, axis))].n_boundary]
+        edges = stages.run(client, "stitch", touch_edges, stitch_tasks, key)
+    else:
+        stitch_tasks = []
+        for a, off in grid.neighbour_pairs:
+            ka = by_id[grid.flat_id(a)].n_boundary
+            kb = by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))].n_boundary
+            if ka and kb:
+                stitch_tasks.append(OverlapTask(grid, files, a, off, ka, kb, spec.iou_threshold))
+        edges = stages.run(client, "stitch", overlap_edges, stitch_tasks, key)
+    with stages.local("stitch"):
+        lookup = resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), min_size, view.ndim,
+                         view.n_channels)
+    dtype = label_io.label_dtype(lookup.n_objects)
+    if dtype != np.uint32:
+        log.warning("%d objects do not fit uint32: writing uint64 labels", lookup.n_objects)
+        progress.message(f"bigseg: {lookup.n_objects} objects do not fit uint32; labels are uint64")
+
+    levels = label_io.create_levels(target, view, dtype)
+    relabel_tasks = [RelabelTask(b, files.fragments, target.url, target.level_path(0), target.zarr_format,
+                                 lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
+                                 int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
+                     for b in blocks if by_id[b.id].n_fragments]
+    stages.run(client, "relabel", relabel_block, relabel_tasks, key)
+
+    pyramid_tasks = []
+    for i in range(1, len(levels)):
+        level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
+                                      target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
+                       for r in regions(levels[i].shape, levels[i].chunks)]
+        stages.run(client, "pyramid", downsample, level_tasks, key + f"-l{i}")  # level by level
+        pyramid_tasks += level_tasks
+
+    channel_names = tuple(f"c{c}" for c in range(view.n_channels))
+    table_args = (view.scale, view.translation, view.shape, channel_names)
+    with stages.local("measure"):
+        df = measure.table(lookup.boundary_partials, np.arange(1, lookup.n_boundary_objects + 1),
+                           lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
+        table_io.write_part(df, table_io.part_url(files.table_parts, 0))
+    measure_tasks = [measure.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
+                                         int(lookup.interior_base[b.id]) + 1, *table_args)
+                     for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
+    stages.run(client, "measure", measure.measure_block, measure_tasks, key)
+
+    with stages.local("finalize"):
+        store.remove(target.table_url)
+        store.move(files.table_parts, target.table_url)
+        if not spec.keep_work:
+            store.remove(files.work_url)
+        label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
+                                                      "table": "measurements.parquet"})
+    stages.seconds["total"] = time.perf_counter() - t_start
+    return SegmentResult(
+        labels=target.url, table=target.table_url, objects=lookup.n_objects, blocks=len(grid),
+        blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
+        threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
+        seconds=stages.seconds, voxels=math.prod(view.shape))
+
+
+def _next(index: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return tuple(i + (j == axis) for j, i in enumerate(index))
+
+
+def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Small chunks inside each block-sized shard, so stitching reads thin slabs, not whole blocks."""
+    out = []
+    for b in block_shape:
+        divisors = [c for c in range(16, 65) if b % c == 0]
+        out.append(max(divisors) if divisors else b)
+    return tuple(out)

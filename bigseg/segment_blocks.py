@@ -1,0 +1,122 @@
+"""The segment stage: one task per block, run on the workers.
+
+A task reads its block with the halo, runs the method, keeps the labels of its core as *fragments*
+(local ids: those touching a shared face first, 1..k, then interior ones k+1..n), writes them to the
+job's fragments array, writes what stitching needs from the halo, and returns a small
+:class:`BlockSummary`. Interior fragments are whole objects, so their statistics go straight to disk.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigseg import measure
+from bigseg.blocks import Block, BlockGrid, intersect, shift
+from bigseg.io import store
+from bigseg.io.ome import ImageView, open_array
+from bigseg.methods.base import Method
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The job's intermediate files (under the label group's work folder)."""
+
+    work_url: str
+
+    @property
+    def fragments(self) -> str:
+        return store.join(self.work_url, "fragments")
+
+    def halo_slab(self, block_id: int, offset: tuple[int, ...]) -> str:
+        key = "_".join({-1: "m", 0: "0", 1: "p"}[o] for o in offset)
+        return store.join(self.work_url, "halo", str(block_id), f"{key}.npy")
+
+    def interior_stats(self, block_id: int) -> str:
+        return store.join(self.work_url, "stats", f"{block_id}.npz")
+
+    @property
+    def table_parts(self) -> str:
+        return store.join(self.work_url, "table")
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    view: ImageView
+    method: Method
+    grid: BlockGrid
+    block: Block
+    files: JobFiles
+    min_size: int
+    keep_halo: bool
+
+
+@dataclass(frozen=True)
+class BlockSummary:
+    """What a block task returns to the client: counts and the statistics of boundary fragments only."""
+
+    block_id: int
+    n_fragments: int
+    n_boundary: int
+    boundary: dict
+    seconds: float
+
+
+def segment_block(task: SegmentTask) -> BlockSummary:
+    t0 = time.perf_counter()
+    block, grid = task.block, task.grid
+    task.method.setup()
+    extended = task.view.read(block.extended)
+    labels = np.asarray(task.method(extended))
+    core_slc = block.core_in_extended
+    core = labels[core_slc]
+    lut, n, k = _renumber(core, grid.shared_faces(block.index), task.min_size)
+    if n == 0:
+        return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
+    fragments = lut[core]
+    open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
+    if task.keep_halo and k:
+        _save_halo(task, labels, lut, n)
+    if task.view.n_channels == 1:
+        channels = extended[core_slc][None]
+    else:
+        channels = task.view.read_channels(block.core)
+    partials = measure.block_partials(fragments, channels, block.origin, n)
+    if n > k:
+        store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
+    return BlockSummary(block.id, n, k, measure.take(partials, slice(0, k)), time.perf_counter() - t0)
+
+
+def _renumber(core: np.ndarray, faces: list[tuple[int, int]], min_size: int) -> tuple[np.ndarray, int, int]:
+    """Lookup old label -> fragment id: boundary fragments 1..k, kept interior ones k+1..n."""
+    counts = np.bincount(core.ravel())
+    on_face = np.zeros(counts.size, bool)
+    for axis, side in faces:
+        on_face[np.take(core, -1 if side else 0, axis=axis).ravel()] = True
+    on_face[0] = False
+    present = np.flatnonzero(counts)
+    present = present[present > 0]
+    boundary = present[on_face[present]]
+    interior = present[~on_face[present]]
+    interior = interior[counts[interior] >= min_size]  # interior fragments are whole objects
+    k, n = boundary.size, boundary.size + interior.size
+    lut = np.zeros(max(int(core.max(initial=0)), 0) + 1, np.uint32)
+    lut[boundary] = np.arange(1, k + 1, dtype=np.uint32)
+    lut[interior] = np.arange(k + 1, n + 1, dtype=np.uint32)
+    return lut, n, k
+
+
+def _save_halo(task: SegmentTask, labels: np.ndarray, lut: np.ndarray, n: int) -> None:
+    """Store this block's prediction over each neighbour's core (the overlap that stitching compares)."""
+    block, grid = task.block, task.grid
+    full = np.zeros(int(labels.max()) + 1, np.uint32)
+    full[: lut.size] = lut
+    others = np.flatnonzero(full == 0)[1:]  # objects seen only in the halo: ids above n
+    full[others] = np.arange(n + 1, n + 1 + others.size, dtype=np.uint32)
+    origin = tuple(s.start for s in block.extended)
+    for offset in grid.neighbour_offsets(block.index):
+        neighbour = tuple(i + o for i, o in zip(block.index, offset))
+        region = intersect(block.extended, grid.core(neighbour))
+        if region is not None:
+            store.save_array(task.files.halo_slab(block.id, offset), full[labels[shift(region, origin)]])

@@ -1,0 +1,169 @@
+"""The stitch stage: join fragments of one object across block boundaries, then number objects.
+
+Two rules, chosen by the method:
+
+* ``touch`` — fragments in neighbouring cores that touch across the boundary are one object. Exact
+  for connected components. One task per face reads the two voxel planes on either side of it
+  (with a one-voxel margin, so that edge and corner contacts count too).
+* ``iou`` — for every pair of adjacent blocks, each block's prediction over the other's core (its
+  halo) is compared with the other's own fragments; fragments whose predictions overlap with an
+  IoU above the threshold are one object.
+
+Only boundary fragments (ids 1..k of a block) enter the graph; interior fragments get their final id
+by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) rows.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from bigseg import measure
+from bigseg.blocks import BlockGrid, intersect, shift
+from bigseg.io import store
+from bigseg.io.ome import open_array
+from bigseg.segment_blocks import BlockSummary, JobFiles
+
+EDGE_COLUMNS = 4
+
+
+@dataclass(frozen=True)
+class TouchTask:
+    grid: BlockGrid
+    files: JobFiles
+    axis: int
+    low: tuple[int, ...]
+    connectivity: int
+
+
+@dataclass(frozen=True)
+class OverlapTask:
+    grid: BlockGrid
+    files: JobFiles
+    a: tuple[int, ...]
+    offset: tuple[int, ...]
+    n_boundary_a: int
+    n_boundary_b: int
+    iou_threshold: float
+
+
+def no_edges() -> np.ndarray:
+    return np.zeros((0, EDGE_COLUMNS), np.int64)
+
+
+def touch_edges(task: TouchTask) -> np.ndarray:
+    """Fragment pairs that touch across the face between ``low`` and its next block along ``axis``."""
+    grid, d = task.grid, task.axis
+    core = grid.core(task.low)
+    plane = core[d].stop
+    region = tuple(slice(plane - 1, plane + 1) if j == d else slice(max(s.start - 1, 0), min(s.stop + 1, n))
+                   for j, (s, n) in enumerate(zip(core, grid.shape)))
+    slab = open_array(task.files.fragments, "", 3)[region]
+    low, high = np.take(slab, 0, axis=d), np.take(slab, 1, axis=d)
+    lateral = [j for j in range(len(core)) if j != d]
+    positions = np.indices(low.shape)
+    out = [no_edges()]
+    for step in itertools.product((-1, 0, 1), repeat=len(lateral)):
+        if sum(map(abs, step)) > task.connectivity - 1:
+            continue
+        src = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(step, low.shape))
+        dst = tuple(slice(max(0, s), n - max(0, -s)) for s, n in zip(step, low.shape))
+        a, b = low[src], high[dst]
+        hit = (a > 0) & (b > 0)
+        if not hit.any():
+            continue
+        block_a = np.zeros((hit.sum(), len(core)), np.int64)
+        block_b = np.zeros_like(block_a)
+        block_a[:, d] = grid.block_of(np.int64(plane - 1), d)
+        block_b[:, d] = grid.block_of(np.int64(plane), d)
+        for i, j in enumerate(lateral):
+            pos = positions[i][src][hit] + region[j].start
+            block_a[:, j] = grid.block_of(pos, j)
+            block_b[:, j] = grid.block_of(pos + step[i], j)
+        ids_a = np.ravel_multi_index(block_a.T, grid.grid_shape)
+        ids_b = np.ravel_multi_index(block_b.T, grid.grid_shape)
+        out.append(np.stack([ids_a, a[hit], ids_b, b[hit]], axis=1).astype(np.int64))
+    return np.unique(np.concatenate(out), axis=0)
+
+
+def overlap_edges(task: OverlapTask) -> np.ndarray:
+    """Fragment pairs of blocks A and B whose predictions over the shared overlap have IoU > threshold."""
+    grid = task.grid
+    b = tuple(i + o for i, o in zip(task.a, task.offset))
+    id_a, id_b = grid.flat_id(task.a), grid.flat_id(b)
+    fragments = open_array(task.files.fragments, "", 3)
+    in_a = intersect(grid.core(task.a), grid.extended(b))  # A's fragments vs B's halo
+    in_b = intersect(grid.core(b), grid.extended(task.a))  # B's fragments vs A's halo
+    neg = tuple(-o for o in task.offset)
+    view_a = np.concatenate([fragments[in_a].ravel(),
+                             store.load_array(task.files.halo_slab(id_a, task.offset)).ravel()]).astype(np.int64)
+    view_b = np.concatenate([store.load_array(task.files.halo_slab(id_b, neg)).ravel(),
+                             fragments[in_b].ravel()]).astype(np.int64)
+    size_a, size_b = np.bincount(view_a), np.bincount(view_b)
+    both = (view_a > 0) & (view_b > 0)
+    width = int(view_b.max()) + 1
+    pairs, inter = np.unique(view_a[both] * width + view_b[both], return_counts=True)
+    la, lb = pairs // width, pairs % width
+    iou = inter / (size_a[la] + size_b[lb] - inter)
+    keep = (iou > task.iou_threshold) & (la <= task.n_boundary_a) & (lb <= task.n_boundary_b)
+    n = int(keep.sum())
+    return np.stack([np.full(n, id_a), la[keep], np.full(n, id_b), lb[keep]], axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Final ids. Boundary fragments: ``boundary_ids[block]`` (0 = dropped as too small);
+    interior fragment j of a block: ``interior_base[block] + j - n_boundary[block]``."""
+
+    n_objects: int
+    n_boundary_objects: int
+    boundary_ids: dict[int, np.ndarray]
+    interior_base: np.ndarray
+    boundary_partials: dict
+    boundary_blocks_spanned: np.ndarray
+
+
+def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min_size: int,
+            ndim: int, n_channels: int) -> Lookup:
+    """Union the boundary fragments along ``edges``, merge their statistics and number all objects."""
+    k = np.zeros(n_blocks, np.int64)
+    n = np.zeros(n_blocks, np.int64)
+    for s in summaries:
+        k[s.block_id], n[s.block_id] = s.n_boundary, s.n_fragments
+    prefix = np.concatenate([[0], np.cumsum(k)])
+    total = int(prefix[-1])
+    if edges.size:
+        if np.any(edges[:, 1] > k[edges[:, 0]]) or np.any(edges[:, 3] > k[edges[:, 2]]):
+            raise AssertionError("an edge names a fragment that is not a boundary fragment")
+        src = prefix[edges[:, 0]] + edges[:, 1] - 1
+        dst = prefix[edges[:, 2]] + edges[:, 3] - 1
+    else:
+        src = dst = np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(src.size, np.int8), (src, dst)), shape=(total, total))
+    n_comp, comp = connected_components(graph, directed=False)
+    # number components in order of their first fragment (block order): deterministic ids
+    first = np.full(n_comp, total, np.int64)
+    np.minimum.at(first, comp, np.arange(total))
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(n_comp, np.int64)
+    rank[order] = np.arange(n_comp)
+    comp = rank[comp]
+    parts = [s.boundary for s in sorted(summaries, key=lambda s: s.block_id) if s.n_boundary]
+    partials = measure.concat(parts) if parts else measure.empty_partials(ndim, n_channels)
+    merged = measure.merge(partials, comp, n_comp)
+    block_of_fragment = np.repeat(np.arange(n_blocks), k)
+    spanned = np.bincount(np.unique(np.stack([comp, block_of_fragment], 1), axis=0)[:, 0], minlength=n_comp) \
+        if total else np.zeros(0, np.int64)
+    kept = merged["count"] >= min_size
+    final = np.zeros(n_comp, np.int64)
+    final[kept] = np.arange(1, kept.sum() + 1)
+    fragment_ids = final[comp]
+    n_boundary_objects = int(kept.sum())
+    interior = n - k
+    base = n_boundary_objects + np.concatenate([[0], np.cumsum(interior)[:-1]])
+    boundary_ids = {b: fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
+    return Lookup(int(n_boundary_objects + interior.sum()), n_boundary_objects, boundary_ids, base,
+                  measure.take(merged, kept), spanned[kept])
