@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -81,7 +80,6 @@ class BlockGrid:
     def block_of(self, positions: np.ndarray, axis: int) -> np.ndarray:
         return positions // self.block_shape[axis]
 
-    @cached_property
     def face_pairs(self) -> list[tuple[int, tuple[int, ...]]]:
         """(axis, low block index) for every pair of blocks that share a face."""
         out = []
@@ -91,7 +89,6 @@ class BlockGrid:
                     out.append((d, tuple(int(i) for i in index)))
         return out
 
-    @cached_property
     def neighbour_pairs(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(index A, offset) for every unordered pair of adjacent blocks, A first in raster order."""
         out = []

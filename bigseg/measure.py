@@ -58,6 +58,8 @@ def concat(parts: list[dict]) -> dict:
 
 def merge(partials: dict, group: np.ndarray, n_groups: int) -> dict:
     """Merge fragment rows into ``n_groups`` objects; ``group[i]`` is row i's object."""
+    if n_groups == 0:
+        return empty_partials(partials["coord_sum"].shape[1], partials["sum"].shape[1])
     count = np.bincount(group, weights=partials["count"], minlength=n_groups).astype(np.int64)
     out = {"count": count}
     for key in ("coord_sum", "sum"):

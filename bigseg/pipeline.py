@@ -134,14 +134,14 @@ def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResul
     by_id = {s.block_id: s for s in summaries}
 
     if method.stitch_rule == "touch":
-        connectivity = getattr(method, "connectivity", None) or view.ndim
-        stitch_tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs
+        connectivity = method.touch_connectivity(view.ndim)
+        stitch_tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
                         if by_id[grid.flat_id(low)].n_boundary and
                         by_id[grid.flat_id(_next(low, axis))].n_boundary]
         edges = stages.run(client, "stitch", touch_edges, stitch_tasks, key)
     else:
         stitch_tasks = []
-        for a, off in grid.neighbour_pairs:
+        for a, off in grid.neighbour_pairs():
             ka = by_id[grid.flat_id(a)].n_boundary
             kb = by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))].n_boundary
             if ka and kb:

@@ -35,6 +35,10 @@ class Method:
     def object_min_size(self, ndim: int) -> int:
         return self.default_min_size(ndim) if self.min_size is None else int(self.min_size)
 
+    def touch_connectivity(self, ndim: int) -> int:
+        """For the "touch" rule: 1 = voxels touch by faces only, ``ndim`` = by faces, edges and corners."""
+        return ndim
+
     def halo(self, ndim: int) -> tuple[int, ...]:
         """Voxels of context each block needs on every side."""
         return (0,) * ndim

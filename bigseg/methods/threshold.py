@@ -22,6 +22,9 @@ class Threshold(Classical):
     #: 1 = faces only; the image's ndim = faces, edges and corners (skimage's default).
     connectivity: int | None = None
 
+    def touch_connectivity(self, ndim: int) -> int:
+        return self.connectivity or ndim
+
     def halo(self, ndim: int) -> tuple[int, ...]:
         return self.smoothing_radius(ndim)
 
