@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import plan_grid
+from bigseg.blocks import DEFAULT_BLOCK_VOXELS, plan_grid
 from bigseg.config import JobSpec
 from bigseg.errors import ParameterError
 from bigseg.io import labels as label_io
@@ -112,7 +112,7 @@ def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResul
         method.check(view.ndim)
         halo = method.halo(view.ndim) if spec.halo is None else \
             tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
-        grid = plan_grid(view.shape, view.chunks, halo, spec.block)
+        grid = plan_grid(view.shape, view.chunks, halo, spec.block, _block_budget(view.shape, client))
         if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
             raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                                  "give --halo 1 or more")
@@ -194,6 +194,12 @@ def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResul
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
         threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape))
+
+
+def _block_budget(shape: tuple[int, ...], client) -> int:
+    """Voxels per block: at most the default, and small enough for two blocks per worker."""
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(shape) // (2 * workers)))
 
 
 def _next(index: tuple[int, ...], axis: int) -> tuple[int, ...]:
