@@ -41,8 +41,12 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
     spec = JobSpec(image=image, method=method, name=name, params=params, level=level, channel=channel,
                    timepoint=timepoint, block=tuple(block) if block is not None else None, halo=halo,
                    output=output, overwrite=overwrite, iou_threshold=iou_threshold)
+    if client is None and scheduler is None:  # check everything before a local cluster starts
+        job = pipeline.plan(spec, workers or cluster.default_workers())
+        with cluster.connect(workers=workers) as c:
+            return pipeline.run(job, c, progress)
     with cluster.connect(scheduler, workers, client) as c:
-        return pipeline.run(spec, c, progress)
+        return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, progress)
 
 
 __all__ = ["BigsegError", "JobSpec", "SegmentResult", "open_image", "segment", "__version__"]

@@ -44,3 +44,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, client=Non
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         yield c
+
+
+def n_workers(client) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))

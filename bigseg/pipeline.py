@@ -17,14 +17,14 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import DEFAULT_BLOCK_VOXELS, plan_grid
+from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
 from bigseg.config import JobSpec
 from bigseg.errors import ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import store
 from bigseg.io import table as table_io
-from bigseg.io.ome import open_image
-from bigseg.methods import get_method
+from bigseg.io.ome import ImageView, open_image
+from bigseg.methods import Method, get_method
 from bigseg.methods._classical import per_axis
 from bigseg.progress import Progress
 from bigseg.pyramid import DownsampleTask, downsample, regions
@@ -99,26 +99,46 @@ class _Stages:
         return _Timer()
 
 
-def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResult:
+@dataclass(frozen=True)
+class Plan:
+    """A checked job, ready to run: nothing has been written yet."""
+
+    spec: JobSpec
+    view: ImageView
+    method: Method
+    grid: BlockGrid
+    target: label_io.LabelTarget
+    min_size: int
+
+
+def plan(spec: JobSpec, n_workers: int) -> Plan:
+    """Open the image and check everything about the job before any cluster starts or any byte is written."""
+    image = open_image(spec.image)
+    view = image.view(spec.level, spec.channel, spec.timepoint)
+    method = get_method(spec.method, **spec.params)
+    method.check(view.ndim)
+    halo = method.halo(view.ndim) if spec.halo is None else \
+        tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
+    budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
+    grid = plan_grid(view.shape, view.chunks, halo, spec.block, budget)
+    if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
+        raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
+                             "give --halo 1 or more")
+    target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
+    method = method.prepare(view)  # job-wide values (threshold) once, never per block
+    return Plan(spec, view, method, grid, target, method.object_min_size(view.ndim))
+
+
+def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
+    """Run a planned job on ``client``; the label image becomes visible only when everything is written."""
     progress = progress or Progress()
     stages = _Stages(progress)
     t_start = time.perf_counter()
     key = f"bigseg-{uuid.uuid4().hex[:8]}"
-
+    spec, view, method, grid, target, min_size = (plan.spec, plan.view, plan.method, plan.grid, plan.target,
+                                                  plan.min_size)
+    image = view.image
     with stages.local("plan"):
-        image = open_image(spec.image)
-        view = image.view(spec.level, spec.channel, spec.timepoint)
-        method = get_method(spec.method, **spec.params)
-        method.check(view.ndim)
-        halo = method.halo(view.ndim) if spec.halo is None else \
-            tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
-        grid = plan_grid(view.shape, view.chunks, halo, spec.block, _block_budget(view.shape, client))
-        if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
-            raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
-                                 "give --halo 1 or more")
-        target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
-        method = method.prepare(view)  # job-wide values (threshold) once, never per block
-        min_size = method.object_min_size(view.ndim)
         label_io.start(target, spec.overwrite)
         files = JobFiles(target.work_url)
         zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
@@ -194,12 +214,6 @@ def run(spec: JobSpec, client, progress: Progress | None = None) -> SegmentResul
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
         threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape))
-
-
-def _block_budget(shape: tuple[int, ...], client) -> int:
-    """Voxels per block: at most the default, and small enough for two blocks per worker."""
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    return max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(shape) // (2 * workers)))
 
 
 def _next(index: tuple[int, ...], axis: int) -> tuple[int, ...]:
