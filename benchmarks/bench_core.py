@@ -1,0 +1,159 @@
+"""Benchmark of the core pipeline (issue 2): block-wise vs monolithic, on one machine, in one run.
+
+    python benchmarks/bench_core.py [--shape 128,1024,1024] [--workers 2] [--dir /tmp/bigseg-bench]
+
+Cases
+  watershed: bigseg block-wise on a local cluster of N workers vs the same method run monolithically
+             in one process (read, segment, write labels, regionprops table).
+  threshold: bigseg block-wise vs dask-image (gaussian_filter > t, ndmeasure.label, to_zarr) on the
+             same cluster.
+Prints a table of times and ratios, bigseg's seconds per stage, peak memory, and object fidelity.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import zarr
+
+import bigseg
+from bigseg.synthetic import nuclei, write_ome_zarr
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from matching import match, same_partition  # noqa: E402
+
+MONOLITHIC = r"""
+import json, resource, sys, time
+import numpy as np, zarr
+from skimage.measure import regionprops_table
+from bigseg.methods import get_method
+path, method, threshold, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+t0 = time.perf_counter()
+image = zarr.open_array(path + "/s0", mode="r")[:]
+t1 = time.perf_counter()
+labels = get_method(method, threshold=threshold)(image)
+t2 = time.perf_counter()
+zarr.create_array(out, data=labels.astype(np.uint32), chunks=(64, 256, 256), overwrite=True)
+regionprops_table(labels, image, properties=("label", "area", "centroid", "bbox", "intensity_mean",
+                                             "intensity_min", "intensity_max"))
+t3 = time.perf_counter()
+print(json.dumps({"read": t1 - t0, "segment": t2 - t1, "write+measure": t3 - t2, "total": t3 - t0,
+                  "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+class PeakMemory:
+    """Samples the summed and the largest RSS of the cluster's worker processes."""
+
+    def __init__(self, client):
+        self.pids = list(client.run(os.getpid).values())
+        self.peak_worker = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for pid in self.pids:
+                try:
+                    self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def dask_image_threshold(path: str, threshold: float, sigma: float, out: str) -> float:
+    import dask.array as da
+    from dask_image import ndfilters, ndmeasure
+    t0 = time.perf_counter()
+    image = da.from_zarr(zarr.open_array(path + "/s0", mode="r")).astype(np.float32)
+    smooth = ndfilters.gaussian_filter(image, sigma, mode="nearest", truncate=4.0)
+    labels, n = ndmeasure.label(smooth > threshold, structure=np.ones((3,) * image.ndim))
+    labels.astype(np.uint32).to_zarr(out, overwrite=True)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="128,1024,1024")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--dir", default="/tmp/bigseg-bench")
+    ap.add_argument("--skip-dask-image", action="store_true")
+    args = ap.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
+    path = os.path.join(args.dir, "bench.zarr")
+    t0 = time.perf_counter()
+    image, truth = nuclei(shape, seed=0)
+    write_ome_zarr(path, image, "zyx", (64, 256, 256), version="0.5")
+    del image
+    print(f"# data: {shape} uint16, {truth.max()} nuclei, written in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    from distributed import Client, LocalCluster
+    rows, details = [], {}
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      memory_limit="10GB") as cluster, Client(cluster) as client:
+        for method in ("watershed", "threshold"):
+            with PeakMemory(client) as mem:
+                ours = bigseg.segment(path, method, name=method, client=client, overwrite=True)
+            details[method] = (ours, mem.peak_worker)
+            print(f"# bigseg {method}: {json.dumps(ours.summary()['seconds'])}", flush=True)
+        threshold = details["watershed"][0].threshold
+        mono_out = os.path.join(args.dir, "mono.zarr")
+        proc = subprocess.run([sys.executable, "-c", MONOLITHIC, path, "watershed", str(threshold), mono_out],
+                              capture_output=True, text=True, check=True)
+        mono = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"# monolithic watershed: {mono}", flush=True)
+        ref = zarr.open_array(mono_out, mode="r")[:]
+        ours_ws = zarr.open_array(details["watershed"][0].labels + "/0", mode="r")[:]
+        m = match(ref, ours_ws)
+        ws, ws_mem = details["watershed"]
+        stitch_measure = ws.seconds["stitch"] + ws.seconds["measure"]
+        rows.append(("watershed", "monolithic, 1 process", ws.seconds["total"], mono["total"],
+                     f"F1 {m.f1:.4f}, splits {m.splits}, merges {m.merges} of {m.n_ref}",
+                     ws_mem, mono["peak_gb"] * 2**30, stitch_measure / ws.seconds["total"]))
+        if not args.skip_dask_image:
+            di_out = os.path.join(args.dir, "dask_image.zarr")
+            with PeakMemory(client) as mem:
+                t_di = dask_image_threshold(path, threshold, 1.0, di_out)
+            th, th_mem = details["threshold"]
+            exact = same_partition(zarr.open_array(di_out, mode="r")[:],
+                                   zarr.open_array(th.labels + "/0", mode="r")[:])
+            th_sm = th.seconds["stitch"] + th.seconds["measure"]
+            rows.append(("threshold", "dask-image label", th.seconds["total"], t_di,
+                         f"identical partition: {exact}", th_mem, mem.peak_worker, th_sm / th.seconds["total"]))
+
+    print()
+    print(f"| method | reference | bigseg s | reference s | speed-up | fidelity vs reference | "
+          f"bigseg peak worker GB | reference peak GB | stitch+measure share |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, ref_name, t_ours, t_ref, fid, mem_ours, mem_ref, share in rows:
+        print(f"| {name} | {ref_name} | {t_ours:.1f} | {t_ref:.1f} | {t_ref / t_ours:.2f}x | {fid} | "
+              f"{mem_ours / 2**30:.2f} | {mem_ref / 2**30:.2f} | {100 * share:.1f}% |")
+    print()
+    print("bigseg seconds per stage:")
+    for method, (res, _) in details.items():
+        print(f"  {method:<9} " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) +
+              f"  ({res.blocks} blocks of {res.block_shape}, halo {res.halo}, {res.objects} objects)")
+    print(f"monolithic watershed seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in mono.items() if k != "peak_gb"))
+
+
+if __name__ == "__main__":
+    main()

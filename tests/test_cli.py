@@ -1,0 +1,118 @@
+"""The command line: bad input gives one clear line and a non-zero exit, nothing written; --json; demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from bigseg.cli import main
+from conftest import checksums, write_image
+
+
+@pytest.fixture
+def image2d(tmp_path):
+    from bigseg.synthetic import nuclei
+    image, _ = nuclei((128, 128), seed=1)
+    return write_image(tmp_path / "img2d.zarr", image, "yx", (32, 32), levels=2)
+
+
+def _fails(capsys, argv, *words):
+    """Runs the CLI in-process; checks exit 2, one stderr line naming the problem, no traceback."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("bigseg: error: "), err
+    for w in words:
+        assert w in err[0], err[0]
+    return err[0]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, image2d, nuclei3d):
+    path3d = nuclei3d[0]
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    before = {p: checksums(p) for p in (image2d, path3d)}
+    _fails(capsys, ["segment", str(tmp_path / "missing.zarr")], "no such file")
+    _fails(capsys, ["segment", str(a_file)], "not a Zarr")
+    _fails(capsys, ["segment", str(tmp_path)], "not a Zarr group")
+    _fails(capsys, ["segment", str(plain)], "without OME-NGFF")
+    _fails(capsys, ["segment", image2d, "--level", "5"], "level 5", "0..1")
+    _fails(capsys, ["segment", image2d, "--channel", "1"], "--channel 1", "1 channels")
+    _fails(capsys, ["segment", image2d, "--timepoint", "2"], "--timepoint 2")
+    _fails(capsys, ["segment", image2d, "--sigma", "1,1,1"], "sigma has 3 values", "2D")
+    _fails(capsys, ["segment", path3d, "--block", "64,64"], "--block has 2 values", "3D")
+    _fails(capsys, ["segment", path3d, "--block", "16,40,32"], "not a multiple of the chunk shape")
+    _fails(capsys, ["segment", path3d, "--block", "16,32,32", "--halo", "40"], "halo 40 is larger")
+    _fails(capsys, ["segment", path3d, "--halo", "1,2"], "--halo has 2 values")
+    _fails(capsys, ["segment", path3d, "--method", "magic"], "unknown method 'magic'")
+    _fails(capsys, ["segment", path3d, "--name", "../../x"], "not allowed")
+    _fails(capsys, ["segment", path3d, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "exclude")
+    _fails(capsys, ["segment", path3d, "--scheduler", "tcp://127.0.0.1:1"], "cannot reach")
+    _fails(capsys, ["info", str(plain)], "without OME-NGFF")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): cannot test permissions")
+        _fails(capsys, ["segment", path3d, "--output", str(ro / "out.zarr")], "permission denied")
+    finally:
+        os.chmod(ro, 0o755)
+        for p, sums in before.items():
+            assert checksums(p) == sums
+            assert not os.path.exists(os.path.join(p, "labels"))
+
+
+def test_unwritable_output_is_one_line(tmp_path, nuclei3d):
+    """Permissions are enforced for a non-root user only; as root, a path under a file cannot be written."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    proc = subprocess.run([sys.executable, "-m", "bigseg.cli", "segment", nuclei3d[0], "--output",
+                           str(blocker / "out.zarr"), "--workers", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("bigseg: error: cannot write") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_segment_json_summary_is_the_last_line(tmp_path, image2d):
+    proc = subprocess.run([sys.executable, "-m", "bigseg.cli", "segment", image2d, "--method", "watershed",
+                           "--name", "nuclei", "--workers", "2", "--block", "64,64", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["labels"] == os.path.join(image2d, "labels", "nuclei")
+    assert summary["table"].endswith("measurements.parquet") and os.path.exists(summary["table"])
+    assert summary["blocks"] == 4 and summary["objects"] > 50
+    assert set(summary["seconds"]) >= {"segment", "stitch", "relabel", "pyramid", "measure", "total"}
+    assert "dashboard" in proc.stderr  # the dashboard link is shown
+    labels = zarr.open_array(os.path.join(summary["labels"], "0"))[:]
+    assert len(np.unique(labels)) - 1 == summary["objects"]
+
+
+def test_info_lists_levels_and_labels(capsys, nuclei3d):
+    assert main(["info", nuclei3d[0], "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    info = json.loads(out[-1])
+    assert [a["name"] for a in info["axes"]] == ["z", "y", "x"]
+    assert info["levels"][0]["shape"] == [48, 160, 160] and info["levels"][0]["chunks"] == [16, 32, 32]
+    assert info["ngff"] == "0.5" and info["labels"] == []
+    assert "level 2" in "\n".join(out)
+
+
+@pytest.mark.slow
+def test_demo_writes_and_segments_a_synthetic_image(tmp_path):
+    path = tmp_path / "demo.zarr"
+    proc = subprocess.run([sys.executable, "-m", "bigseg.cli", "demo", str(path), "--shape", "32,128,128",
+                           "--workers", "2", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    drawn = int(proc.stdout.split(" nuclei drawn")[0].rsplit(" ", 1)[-1])
+    assert abs(summary["objects"] - drawn) <= 0.05 * drawn
+    assert os.path.exists(summary["table"])

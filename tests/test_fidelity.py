@@ -1,0 +1,78 @@
+"""Block-wise results against the monolithic run of the same method (one block covering the image)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import bigseg
+from bigseg.synthetic import nuclei
+from conftest import add_corner_objects, write_image
+from matching import match, same_partition
+
+CASES_3D = [((16, 32, 32), None), ((16, 64, 64), 6), ((32, 32, 96), None), ((48, 64, 32), 9)]
+CASES_2D = [((64, 64), None), ((128, 64), 11), ((64, 192), None), ((96, 96), 7)]
+
+
+def _image(tmp_path, ndim, seed):
+    shape, chunks = ((48, 160, 160), (16, 32, 32)) if ndim == 3 else ((600, 560), (32, 32))
+    image, _ = nuclei(shape, seed=seed)
+    corner_block = (16, 64, 64) if ndim == 3 else (64, 64)
+    image = add_corner_objects(image, corner_block)
+    return write_image(tmp_path / f"img{ndim}d.zarr", image, "zyx"[-ndim:], chunks)
+
+
+def _labels(result):
+    return zarr.open_array(result.labels + "/0", mode="r")[:]
+
+
+def _run_cases(client, path, method, cases, check):
+    shape = zarr.open_array(path + "/s0", mode="r").shape
+    mono = bigseg.segment(path, method, name="mono", client=client, block=shape)
+    assert mono.blocks == 1
+    ref = _labels(mono)
+    assert mono.objects > 200
+    for i, (block, halo) in enumerate(cases):
+        res = bigseg.segment(path, method, name=f"b{i}", client=client, block=block, halo=halo,
+                             threshold=mono.threshold)
+        assert res.blocks > 4
+        check(ref, _labels(res), f"block {block} halo {halo}")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_threshold_blockwise_equals_monolithic_exactly(client, tmp_path, ndim):
+    path = _image(tmp_path, ndim, seed=10 + ndim)
+
+    def check(ref, labels, case):
+        assert same_partition(ref, labels), case
+    _run_cases(client, path, "threshold", CASES_3D if ndim == 3 else CASES_2D, check)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_watershed_blockwise_matches_monolithic(client, tmp_path, ndim):
+    path = _image(tmp_path, ndim, seed=20 + ndim)
+
+    def check(ref, labels, case):
+        m = match(ref, labels)
+        assert m.f1 >= 0.995, (case, m)
+        assert m.splits + m.merges <= 0.002 * m.n_ref, (case, m)
+    _run_cases(client, path, "watershed", CASES_3D[:2] if ndim == 3 else CASES_2D[:3], check)
+
+
+def test_object_crossing_eight_blocks_is_one_label(client, tmp_path):
+    image = np.full((32, 64, 64), 100, np.uint16)
+    image = add_corner_objects(image, (16, 32, 32), radius=7)  # one ball centred where 8 blocks meet
+    path = write_image(tmp_path / "ball.zarr", image, "zyx", (16, 32, 32))
+    for method in ("threshold", "watershed"):
+        res = bigseg.segment(path, method, name=method, client=client, block=(16, 32, 32), threshold=500,
+                             diameter=14)
+        labels = _labels(res)
+        assert res.objects == 1
+        assert set(np.unique(labels[image > 500])) == {1}
+        assert not labels[image <= 500].any()
+
+
+def test_watershed_finds_the_synthetic_nuclei(client, nuclei3d):
+    path, _, truth = nuclei3d
+    res = bigseg.segment(path, "watershed", name="ws", client=client, block=(16, 64, 64))
+    assert match(truth, _labels(res)).f1 > 0.95

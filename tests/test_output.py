@@ -1,0 +1,113 @@
+"""The NGFF label image: read back by ome-zarr-py, validated by ome-zarr-models, input untouched."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+import bigseg
+from bigseg.synthetic import nuclei
+from conftest import checksums, write_image
+
+
+def _validate(image_path: str, version: str, name: str):
+    if version == "0.5":
+        from ome_zarr_models.v05.image_label import ImageLabel
+        from ome_zarr_models.v05.labels import Labels
+        labels = Labels.from_zarr(zarr.open_group(os.path.join(image_path, "labels"), mode="r"))
+        assert name in labels.label_paths
+        ImageLabel.from_zarr(zarr.open_group(os.path.join(image_path, "labels", name), mode="r"))
+    else:
+        from ome_zarr_models.v04.image_label import ImageLabel
+        from ome_zarr_models.v04.labels import Labels
+        labels = Labels.from_zarr(zarr.open_group(os.path.join(image_path, "labels"), mode="r", zarr_format=2))
+        assert name in labels.attributes.labels
+        ImageLabel.from_zarr(zarr.open_group(os.path.join(image_path, "labels", name), mode="r", zarr_format=2))
+
+
+def _read_with_ome_zarr(image_path: str):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    nodes = list(Reader(parse_url(image_path))())
+    return [n for n in nodes if n.load(Label)]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_labels_are_valid_ngff_next_to_an_untouched_image(client, tmp_path, version):
+    image, _ = nuclei((32, 96, 96), seed=5)
+    path = write_image(tmp_path / "img.zarr", image, "zyx", (16, 32, 32), version=version, levels=3,
+                       scale={"z": 2.0, "y": 0.5, "x": 0.5})
+    before = checksums(path)
+    res = bigseg.segment(path, "watershed", name="nuclei", client=client, block=(16, 64, 64))
+    assert checksums(path) == before  # the image's own arrays and metadata are byte-identical
+    assert res.labels == os.path.join(path, "labels", "nuclei")
+    _validate(path, version, "nuclei")
+    label_nodes = _read_with_ome_zarr(path)
+    assert len(label_nodes) == 1
+    node = label_nodes[0]
+    assert len(node.data) == 3  # as many levels as the image
+    assert [d.shape for d in node.data] == [(32, 96, 96), (32, 48, 48), (32, 24, 24)]
+    assert all(d.dtype == np.uint32 for d in node.data)
+    assert node.metadata["name"] == "nuclei"
+    level0 = np.asarray(node.data[0])
+    assert len(np.unique(level0)) - 1 == res.objects
+    # nearest downsampling: every id of a lower level exists at level 0
+    assert set(np.unique(np.asarray(node.data[2]))) <= set(np.unique(level0))
+    assert np.array_equal(np.asarray(node.data[1]), level0[:, 1::2, 1::2])
+    group = zarr.open_group(res.labels, mode="r")
+    ome = group.attrs.asdict() if version == "0.4" else group.attrs["ome"]
+    assert ome["image-label"]["source"]["image"] == "../../"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ome["multiscales"][0]["datasets"]]
+    assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    assert not os.path.exists(os.path.join(res.labels, ".bigseg-work"))
+
+
+def test_existing_label_is_refused_without_overwrite(client, nuclei3d):
+    path, _, _ = nuclei3d
+    first = bigseg.segment(path, "threshold", name="cells", client=client)
+    with pytest.raises(bigseg.BigsegError, match="already exists.*--overwrite"):
+        bigseg.segment(path, "threshold", name="cells", client=client)
+    again = bigseg.segment(path, "threshold", name="cells", client=client, overwrite=True, sigma=2.0)
+    assert again.objects != first.objects or again.threshold != first.threshold
+    assert bigseg.open_image(path).labels == ("cells",)  # listed once
+
+
+def test_standalone_output_for_a_read_only_input(client, tmp_path, nuclei3d):
+    path, _, _ = nuclei3d
+    before = checksums(path)
+    os.chmod(path, 0o555)
+    try:
+        out = str(tmp_path / "out" / "nuclei.zarr")
+        res = bigseg.segment(path, "watershed", name="nuclei", client=client, output=out)
+    finally:
+        os.chmod(path, 0o755)
+    assert res.labels == out and os.path.exists(res.table)
+    assert checksums(path) == before and not os.path.exists(os.path.join(path, "labels"))
+    from ome_zarr_models.v05.image_label import ImageLabel
+    model = ImageLabel.from_zarr(zarr.open_group(out, mode="r"))
+    assert model.attributes.ome.image_label.source.image == path
+    assert zarr.open_array(out + "/0").shape == (48, 160, 160)
+
+
+def test_two_channel_time_series_segments_the_chosen_channel_and_timepoint(client, tmp_path):
+    a, _ = nuclei((24, 64, 64), seed=1)
+    b, _ = nuclei((24, 64, 64), seed=2)
+    data = np.stack([np.stack([a, b]), np.stack([b, a])])  # (t, c, z, y, x)
+    path = write_image(tmp_path / "tc.zarr", data, "tczyx", (1, 1, 12, 32, 32), levels=2)
+    res = bigseg.segment(path, "threshold", name="t1c0", client=client, channel=0, timepoint=1)
+    single = write_image(tmp_path / "b.zarr", b, "zyx", (12, 32, 32), levels=2)
+    ref = bigseg.segment(single, "threshold", name="b", client=client, threshold=res.threshold)
+    assert np.array_equal(zarr.open_array(res.labels + "/0")[:], zarr.open_array(ref.labels + "/0")[:])
+    assert zarr.open_array(res.labels + "/0").shape == (24, 64, 64)
+
+
+def test_fsspec_url_input(client, nuclei3d):
+    path, _, _ = nuclei3d
+    res = bigseg.segment("file://" + os.path.abspath(path), "threshold", name="viaurl", client=client)
+    local = bigseg.segment(path, "threshold", name="local", client=client)
+    assert res.objects == local.objects > 0
+    assert np.array_equal(zarr.open_array(local.labels + "/0")[:], zarr.open_array(os.path.join(path, "labels",
+                                                                                            "viaurl", "0"))[:])
