@@ -145,9 +145,8 @@ def _demo(args) -> int:
     result = bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
                             progress=BarProgress())
     print(f"demo: {truth.max()} nuclei drawn, {result.objects} found")
-    print(f"image    {args.path}")
+    print(f"image    {args.path}  (view: napari --plugin napari-ome-zarr {args.path})")
     _report(result, args.json)
-    print("open with: napari --plugin napari-ome-zarr " + args.path)
     return 0
 
 

@@ -77,7 +77,7 @@ class _Stages:
         results = [None] * len(tasks)
         if tasks:
             from distributed import as_completed
-            futures = client.map(fn, tasks, key=[f"{key}-{name}-{i}" for i in range(len(tasks))],
+            futures = client.map(fn, tasks, key=[f"bigseg-{name}-{key}-{i}" for i in range(len(tasks))],
                                  retries=RETRIES, resources=resources, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             for fut in as_completed(futures):
@@ -134,7 +134,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
     progress = progress or Progress()
     stages = _Stages(progress)
     t_start = time.perf_counter()
-    key = f"bigseg-{uuid.uuid4().hex[:8]}"
+    key = uuid.uuid4().hex[:8]
     spec, view, method, grid, target, min_size = (plan.spec, plan.view, plan.method, plan.grid, plan.target,
                                                   plan.min_size)
     image = view.image
@@ -187,7 +187,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
         level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
                                       target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
                        for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run(client, "pyramid", downsample, level_tasks, key + f"-l{i}")  # level by level
+        stages.run(client, "pyramid", downsample, level_tasks, f"{key}-l{i}")  # level by level
         pyramid_tasks += level_tasks
 
     channel_names = tuple(f"c{c}" for c in range(view.n_channels))

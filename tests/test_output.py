@@ -41,7 +41,7 @@ def test_labels_are_valid_ngff_next_to_an_untouched_image(client, tmp_path, vers
     path = write_image(tmp_path / "img.zarr", image, "zyx", (16, 32, 32), version=version, levels=3,
                        scale={"z": 2.0, "y": 0.5, "x": 0.5})
     before = checksums(path)
-    res = bigseg.segment(path, "watershed", name="nuclei", client=client, block=(16, 64, 64))
+    res = bigseg.segment(path, "watershed", name="nuclei", client=client, block=(32, 64, 64))
     assert checksums(path) == before  # the image's own arrays and metadata are byte-identical
     assert res.labels == os.path.join(path, "labels", "nuclei")
     _validate(path, version, "nuclei")
@@ -104,10 +104,30 @@ def test_two_channel_time_series_segments_the_chosen_channel_and_timepoint(clien
     assert zarr.open_array(res.labels + "/0").shape == (24, 64, 64)
 
 
-def test_fsspec_url_input(client, nuclei3d):
+def test_fsspec_url_input(client, nuclei3d, tmp_path):
+    """A file:// URL, and a read-only http:// URL served from this machine (labels to --output)."""
+    import socket
+    import subprocess
+    import sys
+    import time
     path, _, _ = nuclei3d
-    res = bigseg.segment("file://" + os.path.abspath(path), "threshold", name="viaurl", client=client)
     local = bigseg.segment(path, "threshold", name="local", client=client)
-    assert res.objects == local.objects > 0
-    assert np.array_equal(zarr.open_array(local.labels + "/0")[:], zarr.open_array(os.path.join(path, "labels",
-                                                                                            "viaurl", "0"))[:])
+    via_file = bigseg.segment("file://" + os.path.abspath(path), "threshold", name="viafile", client=client)
+    assert via_file.objects == local.objects > 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", os.path.dirname(path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        url = f"http://127.0.0.1:{port}/{os.path.basename(path)}"
+        out = str(tmp_path / "from_http.zarr")
+        via_http = bigseg.segment(url, "threshold", name="viahttp", client=client, output=out)
+    finally:
+        server.terminate()
+    assert via_http.objects == local.objects
+    reference = zarr.open_array(local.labels + "/0")[:]
+    assert np.array_equal(zarr.open_array(os.path.join(path, "labels", "viafile", "0"))[:], reference)
+    assert np.array_equal(zarr.open_array(out + "/0")[:], reference)

@@ -10,7 +10,7 @@ import zarr
 
 from bigseg.errors import OutputError
 from bigseg.io import store
-from bigseg.io.ome import ImageView, ome_attrs, open_group
+from bigseg.io.ome import ImageView, normalize_url, ome_attrs, open_group
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -52,7 +52,7 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
         target = LabelTarget(store.join(image.url, "labels", name), name, image.zarr_format, image.version,
                              image.url, True)
     else:
-        target = LabelTarget(os.fspath(output), name, image.zarr_format, image.version, image.url, False)
+        target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
     if store.exists(target.url) and not overwrite:
         raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose another "
                           f"--name / --output")

@@ -178,9 +178,15 @@ def ome_attrs(group: zarr.Group) -> tuple[dict, str | None]:
     return attrs, None
 
 
+def normalize_url(url) -> str:
+    """A local path for local data (``file://`` URLs included), else the fsspec URL as given."""
+    url = os.fspath(url)
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def open_image(url: str) -> OmeImage:
     """Read an OME-Zarr image's metadata; raises :class:`InputError` with a fix for bad input."""
-    url = os.fspath(url)
+    url = normalize_url(url)
     if not _is_url(url) and not os.path.exists(url):
         raise InputError(f"{url}: no such file or directory; give the path of an OME-Zarr image (.zarr)")
     if not _is_url(url) and not os.path.isdir(url):
