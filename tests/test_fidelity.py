@@ -77,5 +77,5 @@ def test_object_crossing_eight_blocks_is_one_label(client, tmp_path):
 
 def test_watershed_finds_the_synthetic_nuclei(client, nuclei3d):
     path, _, truth = nuclei3d
-    res = bigseg.segment(path, "watershed", name="ws", client=client, block=(16, 64, 64))
+    res = bigseg.segment(path, "watershed", name="ws", client=client, block=(16, 64, 64), halo=16)
     assert match(truth, _labels(res)).f1 > 0.95

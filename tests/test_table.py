@@ -29,8 +29,8 @@ def test_table_equals_regionprops_on_stitched_labels(client, tmp_path, ndim):
     axes = "czyx" if ndim == 3 else "cyx"
     chunks = (1, 8, 32, 32) if ndim == 3 else (1, 64, 64)
     path = write_image(tmp_path / "t.zarr", data, axes, chunks, scale={"c": 1.0, **scale}, levels=2)
-    res = bigseg.segment(path, "watershed", name="n", client=client, block=(16, 32, 64)[-ndim:] if ndim == 3
-                         else (128, 64))
+    block = (16, 32, 64) if ndim == 3 else (128, 64)
+    res = bigseg.segment(path, "watershed", name="n", client=client, block=block, halo=14)
     assert res.blocks >= 12
     labels = zarr.open_array(res.labels + "/0", mode="r")[:]
     table = pd.read_parquet(res.table).sort_values("label", ignore_index=True)
