@@ -107,6 +107,7 @@ def _report(result, as_json: bool) -> None:
     s = result.summary()
     print(f"labels   {s['labels']}  ({s['dtype']}, {s['objects']} objects)")
     print(f"table    {s['table']}")
+    print(f"qc       {s['qc']}  (outlines over the image, middle plane)")
     print(f"blocks   {s['blocks']} ({s['blocks_empty']} empty), block {tuple(s['block'])}, halo {tuple(s['halo'])}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items() if k != "total")
     print(f"time     {s['seconds']['total']:.1f}s ({stages}); {s['voxels_per_second'] / 1e6:.2f} Mvoxel/s")

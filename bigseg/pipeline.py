@@ -27,6 +27,7 @@ from bigseg.io.ome import ImageView, open_image
 from bigseg.methods import Method, get_method
 from bigseg.methods._classical import per_axis
 from bigseg.progress import Progress
+from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
 from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
@@ -43,6 +44,7 @@ class SegmentResult:
 
     labels: str
     table: str
+    qc: str
     objects: int
     blocks: int
     blocks_empty: int
@@ -58,7 +60,7 @@ class SegmentResult:
         return self.voxels / max(self.seconds.get("total", 0.0), 1e-9)
 
     def summary(self) -> dict:
-        return {"labels": self.labels, "table": self.table, "objects": self.objects, "blocks": self.blocks,
+        return {"labels": self.labels, "table": self.table, "qc": self.qc, "objects": self.objects, "blocks": self.blocks,
                 "blocks_empty": self.blocks_empty, "dtype": self.dtype, "threshold": self.threshold,
                 "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
@@ -155,8 +157,10 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
 
     if method.stitch_rule == "touch":
         connectivity = method.touch_connectivity(view.ndim)
+        # a face is read if either side has boundary fragments: its one-voxel margin also catches
+        # contacts across edges and corners with blocks beside the other side
         stitch_tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
-                        if by_id[grid.flat_id(low)].n_boundary and
+                        if by_id[grid.flat_id(low)].n_boundary or
                         by_id[grid.flat_id(_next(low, axis))].n_boundary]
         edges = stages.run(client, "stitch", touch_edges, stitch_tasks, key)
     else:
@@ -202,6 +206,8 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
     stages.run(client, "measure", measure.measure_block, measure_tasks, key)
 
     with stages.local("finalize"):
+        write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
+                      target.qc_url)
         store.remove(target.table_url)
         store.move(files.table_parts, target.table_url)
         if not spec.keep_work:
@@ -210,7 +216,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
                                                       "table": "measurements.parquet"})
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
-        labels=target.url, table=target.table_url, objects=lookup.n_objects, blocks=len(grid),
+        labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
         threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape))

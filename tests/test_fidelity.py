@@ -79,3 +79,18 @@ def test_watershed_finds_the_synthetic_nuclei(client, nuclei3d):
     path, _, truth = nuclei3d
     res = bigseg.segment(path, "watershed", name="ws", client=client, block=(16, 64, 64), halo=16)
     assert match(truth, _labels(res)).f1 > 0.95
+
+
+def test_diagonal_contact_across_a_block_corner_is_one_object(client, tmp_path):
+    """An 8-connected diagonal line through the point where 4 blocks meet, touching only 2 of them."""
+    image = np.full((64, 64), 10, np.uint16)
+    i = np.arange(16, 48)
+    image[i, i] = 1000
+    path = write_image(tmp_path / "diag.zarr", image, "yx", (32, 32), levels=1)
+    res = bigseg.segment(path, "threshold", name="diag", client=client, block=(32, 32), sigma=0, threshold=500)
+    labels = _labels(res)
+    assert res.blocks == 4 and res.objects == 1
+    assert np.all(labels[i, i] == 1)
+    faces_only = bigseg.segment(path, "threshold", name="faces", client=client, block=(32, 32), sigma=0,
+                                threshold=500, connectivity=1)
+    assert faces_only.objects == 32  # 4-connectivity: every pixel of the line is its own object

@@ -63,6 +63,11 @@ def test_labels_are_valid_ngff_next_to_an_untouched_image(client, tmp_path, vers
     scales = [d["coordinateTransformations"][0]["scale"] for d in ome["multiscales"][0]["datasets"]]
     assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
     assert not os.path.exists(os.path.join(res.labels, ".bigseg-work"))
+    import imageio.v3 as iio
+    qc = iio.imread(res.qc)
+    assert qc.shape == (96, 96, 3)  # level 0 is small enough; middle plane
+    outlined = (qc[..., 0] != qc[..., 1]) | (qc[..., 1] != qc[..., 2])  # coloured = outline pixels
+    assert outlined.sum() > 100 and np.all(level0[16][outlined] > 0)
 
 
 def test_existing_label_is_refused_without_overwrite(client, nuclei3d):

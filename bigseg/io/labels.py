@@ -35,6 +35,10 @@ class LabelTarget:
         return store.join(self.url, "measurements.parquet")
 
     @property
+    def qc_url(self) -> str:
+        return store.join(self.url, "qc.png")
+
+    @property
     def work_url(self) -> str:
         return store.join(self.url, ".bigseg-work")
 
@@ -54,10 +58,19 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
     if store.exists(target.url) and not overwrite:
-        raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose another "
-                          f"--name / --output")
+        state = "an incomplete result of a job that did not finish" if _is_incomplete(target) else "there"
+        raise OutputError(f"{target.url} already exists ({state}); pass --overwrite to replace it, or choose "
+                          "another --name / --output")
     _check_writable(target)
     return target
+
+
+def _is_incomplete(target: LabelTarget) -> bool:
+    try:
+        group = open_group(target.url, mode="r", zarr_format=target.zarr_format)
+    except Exception:  # not even a group: certainly not a finished label image
+        return True
+    return group.attrs.get("bigseg", {}).get("status") == "incomplete"
 
 
 def _check_writable(target: LabelTarget) -> None:

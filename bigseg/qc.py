@@ -1,0 +1,42 @@
+"""A quality-control picture: object outlines over the image, from a low-resolution level (cheap)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+from bigseg.io import store
+from bigseg.io.ome import ImageView, open_array
+
+#: The picture uses the finest level with at most this many pixels per plane.
+MAX_PIXELS = 2048 * 2048
+
+
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8: the image in grey (1st-99.5th percentile), each object's outline in its own colour."""
+    lo, hi = np.percentile(image, (1, 99.5)) if image.size else (0, 1)
+    grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-9), 0, 1)
+    rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    edges = find_boundaries(labels, mode="inner")
+    ids = labels[edges].astype(np.uint64)
+    colour = np.stack([(ids * m) % 200 + 55 for m in (2654435761, 40503, 97)], axis=-1).astype(np.uint8)
+    rgb[edges] = colour
+    return rgb
+
+
+def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str) -> str:
+    """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole."""
+    import imageio.v3 as iio
+    image = view.image
+    for i, path in enumerate(label_paths):
+        lv = image.view(view.level + i, view.channel, view.timepoint)
+        if math.prod(lv.shape[-2:]) <= MAX_PIXELS or i == len(label_paths) - 1:
+            break
+    region = tuple(slice(s // 2, s // 2 + 1) for s in lv.shape[:-2]) + tuple(slice(0, s) for s in lv.shape[-2:])
+    plane = lv.read(region).reshape(lv.shape[-2:])
+    labels = np.asarray(open_array(labels_url, path, zarr_format)[region]).reshape(lv.shape[-2:])
+    fs, local = store.filesystem(url)
+    with fs.open(local, "wb") as f:
+        f.write(iio.imwrite("<bytes>", overlay(plane, labels), extension=".png"))
+    return url
