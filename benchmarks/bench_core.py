@@ -125,19 +125,23 @@ def main():
             details[method] = (ours, mem.peak_worker)
             print(f"# bigseg {method}: {json.dumps(ours.summary()['seconds'])}", flush=True)
         threshold = details["watershed"][0].threshold
-        mono_out = os.path.join(args.dir, "mono.zarr")
-        proc = subprocess.run([sys.executable, "-c", MONOLITHIC, path, "watershed", str(threshold), mono_out],
-                              capture_output=True, text=True, check=True)
-        mono = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"# monolithic watershed: {mono}", flush=True)
-        ref = zarr.open_array(mono_out, mode="r")[:]
-        ours_ws = zarr.open_array(details["watershed"][0].labels + "/0", mode="r")[:]
-        m = match(ref, ours_ws)
-        ws, ws_mem = details["watershed"]
-        stitch_measure = ws.seconds["stitch"] + ws.seconds["measure"]
-        rows.append(("watershed", "monolithic, 1 process", ws.seconds["total"], mono["total"],
-                     f"F1 {m.f1:.4f}, splits {m.splits}, merges {m.merges} of {m.n_ref}",
-                     ws_mem, mono["peak_gb"] * 2**30, stitch_measure / ws.seconds["total"]))
+        mono = {}
+        for method, (ours, mem_ours) in details.items():
+            mono_out = os.path.join(args.dir, f"mono-{method}.zarr")
+            proc = subprocess.run([sys.executable, "-c", MONOLITHIC, path, method, str(threshold), mono_out],
+                                  capture_output=True, text=True, check=True)
+            mono[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"# monolithic {method}: {mono[method]}", flush=True)
+            ref = zarr.open_array(mono_out, mode="r")[:]
+            labels = zarr.open_array(ours.labels + "/0", mode="r")[:]
+            if method == "threshold":
+                fid = f"identical partition: {same_partition(ref, labels)}"
+            else:
+                m = match(ref, labels)
+                fid = f"F1 {m.f1:.4f}, splits {m.splits}, merges {m.merges} of {m.n_ref}"
+            share = (ours.seconds["stitch"] + ours.seconds["measure"]) / ours.seconds["total"]
+            rows.append((method, "monolithic, 1 process", ours.seconds["total"], mono[method]["total"], fid,
+                         mem_ours, mono[method]["peak_gb"] * 2**30, share))
         if not args.skip_dask_image:
             di_out = os.path.join(args.dir, "dask_image.zarr")
             with PeakMemory(client) as mem:
@@ -162,11 +166,12 @@ def main():
         print(f"| {name} | {ref_name} | {t_ours:.1f} | {t_ref:.1f} | {t_ref / t_ours:.2f}x | {fid} | "
               f"{mem_ours / 2**30:.2f} | {mem_ref / 2**30:.2f} | {100 * share:.1f}% |")
     print()
-    print("bigseg seconds per stage:")
+    print("seconds per stage:")
     for method, (res, _) in details.items():
-        print(f"  {method:<9} " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) +
+        print(f"  bigseg {method:<9} " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) +
               f"  ({res.blocks} blocks of {res.block_shape}, halo {res.halo}, {res.objects} objects)")
-    print(f"monolithic watershed seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in mono.items() if k != "peak_gb"))
+    for method, times in mono.items():
+        print(f"  monolithic {method}: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items() if k != "peak_gb"))
 
 
 if __name__ == "__main__":

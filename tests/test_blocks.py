@@ -1,0 +1,41 @@
+"""The block grid on small shapes whose answer you can see."""
+import pytest
+
+from bigseg.blocks import plan_grid
+from bigseg.errors import ParameterError
+
+
+def test_grid_covers_the_image_with_clipped_last_blocks():
+    grid = plan_grid((10, 25), (5, 10), (2, 3), block_shape=(5, 10))
+    assert grid.grid_shape == (2, 3) and len(grid) == 6
+    last = grid.block((1, 2))
+    assert last.core == (slice(5, 10), slice(20, 25))
+    assert last.extended == (slice(3, 10), slice(17, 25))
+    assert last.core_in_extended == (slice(2, 7), slice(3, 8))
+    assert sum((b.core[0].stop - b.core[0].start) * (b.core[1].stop - b.core[1].start) for b in grid) == 250
+
+
+def test_halo_is_dropped_along_axes_with_one_block():
+    grid = plan_grid((16, 64, 64), (16, 32, 32), (4, 4, 4), block_shape=(16, 32, 32))
+    assert grid.halo == (0, 4, 4)
+
+
+def test_default_block_is_whole_chunks_within_the_budget():
+    grid = plan_grid((128, 1024, 1024), (64, 256, 256), (0, 0, 0), max_voxels=2**25)
+    assert grid.block_shape == (128, 512, 512)
+    assert all(b % c == 0 for b, c in zip(grid.block_shape, (64, 256, 256)))
+
+
+def test_neighbours_include_edges_and_corners_once():
+    grid = plan_grid((4, 4, 4), (2, 2, 2), (1, 1, 1), block_shape=(2, 2, 2))
+    assert len(grid.neighbour_offsets((0, 0, 0))) == 7
+    assert len(grid.neighbour_pairs()) == 28  # 8 blocks, every pair touches
+    assert len(grid.face_pairs()) == 12
+
+
+@pytest.mark.parametrize("block, halo, words", [((3, 10), (0, 0), "not a multiple"),
+                                                ((5, 10), (6, 0), "halo 6 is larger"),
+                                                ((5, 10, 5), (0, 0), "has 3 values")])
+def test_blocks_and_halos_that_do_not_fit_are_refused(block, halo, words):
+    with pytest.raises(ParameterError, match=words):
+        plan_grid((10, 25), (5, 10), halo, block_shape=block)
