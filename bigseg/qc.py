@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from skimage.color import hsv2rgb
 from skimage.segmentation import find_boundaries
 
 from bigseg.io import store
@@ -19,9 +20,9 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-9), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
     edges = find_boundaries(labels, mode="inner")
-    ids = labels[edges].astype(np.uint64)
-    colour = np.stack([(ids * m) % 200 + 55 for m in (2654435761, 40503, 97)], axis=-1).astype(np.uint8)
-    rgb[edges] = colour
+    hue = (labels[edges].astype(np.float64) * 0.618033988749895) % 1.0  # golden-ratio hues: neighbours differ
+    hsv = np.stack([hue, np.ones_like(hue), np.ones_like(hue)], axis=-1)
+    rgb[edges] = (hsv2rgb(hsv[None])[0] * 255).astype(np.uint8)
     return rgb
 
 
