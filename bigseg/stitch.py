@@ -102,15 +102,21 @@ def overlap_edges(task: OverlapTask) -> np.ndarray:
                              store.load_array(task.files.halo_slab(id_a, task.offset)).ravel()]).astype(np.int64)
     view_b = np.concatenate([store.load_array(task.files.halo_slab(id_b, neg)).ravel(),
                              fragments[in_b].ravel()]).astype(np.int64)
-    size_a, size_b = np.bincount(view_a), np.bincount(view_b)
-    both = (view_a > 0) & (view_b > 0)
-    width = int(view_b.max()) + 1
-    pairs, inter = np.unique(view_a[both] * width + view_b[both], return_counts=True)
-    la, lb = pairs // width, pairs % width
-    iou = inter / (size_a[la] + size_b[lb] - inter)
+    la, lb, inter, iou = overlaps(view_a, view_b)
     keep = (iou > task.iou_threshold) & (la <= task.n_boundary_a) & (lb <= task.n_boundary_b)
     n = int(keep.sum())
     return np.stack([np.full(n, id_a), la[keep], np.full(n, id_b), lb[keep]], axis=1).astype(np.int64)
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of labels (la, lb) that share voxels in ``a`` and ``b``: the shared voxel count and IoU."""
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    size_a, size_b = np.bincount(a), np.bincount(b)
+    both = (a > 0) & (b > 0)
+    width = int(b.max(initial=0)) + 1
+    pairs, inter = np.unique(a[both] * width + b[both], return_counts=True)
+    la, lb = pairs // width, pairs % width
+    return la, lb, inter, inter / (size_a[la] + size_b[lb] - inter)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigseg.stitch import overlaps
+
 
 @dataclass(frozen=True)
 class Match:
@@ -20,16 +22,11 @@ class Match:
 
 
 def match(ref: np.ndarray, test: np.ndarray, iou: float = 0.5) -> Match:
-    """Objects of ``test`` matched to ``ref`` at IoU > ``iou``; splits = ref objects covered half or more by
-    two or more test objects... precisely: a ref object is split if >= 2 test objects each lie mostly
-    (> 50%) inside it; a test object is a merge if >= 2 ref objects each lie mostly inside it."""
-    ref, test = ref.ravel().astype(np.int64), test.ravel().astype(np.int64)
-    size_r, size_t = np.bincount(ref), np.bincount(test)
-    both = (ref > 0) & (test > 0)
-    width = int(test.max()) + 1
-    pairs, inter = np.unique(ref[both] * width + test[both], return_counts=True)
-    r, t = pairs // width, pairs % width
-    ious = inter / (size_r[r] + size_t[t] - inter)
+    """Objects of ``test`` matched to ``ref`` at IoU > ``iou``. A ref object is *split* if two or more test
+    objects each lie mostly (> 50%) inside it; a test object is a *merge* if two or more ref objects each
+    lie mostly inside it."""
+    r, t, inter, ious = overlaps(ref, test)
+    size_r, size_t = np.bincount(ref.ravel()), np.bincount(test.ravel())
     tp = int((ious > iou).sum())
     splits = np.bincount(r[inter > 0.5 * size_t[t]], minlength=size_r.size)
     merges = np.bincount(t[inter > 0.5 * size_r[r]], minlength=size_t.size)
