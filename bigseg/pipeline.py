@@ -73,9 +73,9 @@ class _Stages:
     def __init__(self, progress: Progress):
         self.progress, self.seconds, self._t = progress, {}, None
 
-    def run(self, client, name: str, fn, tasks: list, key: str, resources=None) -> list:
+    def run(self, client, name: str, fn, tasks: list, key: str, resources=None, label: str | None = None) -> list:
         t0 = time.perf_counter()
-        self.progress.stage(name, len(tasks))
+        self.progress.stage(label or name, len(tasks))
         results = [None] * len(tasks)
         if tasks:
             from distributed import as_completed
@@ -186,13 +186,11 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
                      for b in blocks if by_id[b.id].n_fragments]
     stages.run(client, "relabel", relabel_block, relabel_tasks, key)
 
-    pyramid_tasks = []
-    for i in range(1, len(levels)):
+    for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
                                       target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
                        for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run(client, "pyramid", downsample, level_tasks, f"{key}-l{i}")  # level by level
-        pyramid_tasks += level_tasks
+        stages.run(client, "pyramid", downsample, level_tasks, f"{key}-l{i}", label=f"level {i}")
 
     channel_names = tuple(f"c{c}" for c in range(view.n_channels))
     table_args = (view.scale, view.translation, view.shape, channel_names)

@@ -2,6 +2,7 @@
 to a :class:`Progress`; the CLI shows them as bars, the API is silent by default."""
 from __future__ import annotations
 
+import shutil
 import sys
 
 
@@ -31,8 +32,9 @@ class BarProgress(Progress):
     def stage(self, name, total):
         from tqdm import tqdm
         self.end()
+        width = shutil.get_terminal_size((100, 20)).columns or 100  # 0 on some pseudo-terminals
         self.bar = tqdm(total=total, desc=f"{name:<9}", unit="task", disable=not self.enabled, file=sys.stderr,
-                        dynamic_ncols=True)
+                        ncols=min(width, 120))
 
     def advance(self, n=1):
         if self.bar is not None:

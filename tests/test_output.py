@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -136,3 +137,18 @@ def test_fsspec_url_input(client, nuclei3d, tmp_path):
     reference = zarr.open_array(local.labels + "/0")[:]
     assert np.array_equal(zarr.open_array(os.path.join(path, "labels", "viafile", "0"))[:], reference)
     assert np.array_equal(zarr.open_array(out + "/0")[:], reference)
+
+
+def test_segmenting_a_lower_level_gives_labels_at_that_resolution(client, tmp_path):
+    image, _ = nuclei((16, 128, 128), seed=4, radius=(6, 9))
+    path = write_image(tmp_path / "lv.zarr", image, "zyx", (16, 32, 32), levels=3, scale={"z": 1.0, "y": 0.5,
+                                                                                        "x": 0.5})
+    res = bigseg.segment(path, "threshold", name="coarse", client=client, level=1)
+    group = zarr.open_group(res.labels, mode="r")
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1"]  # levels 1 and 2 of the image
+    assert group["0"].shape == (16, 64, 64) and group["1"].shape == (16, 32, 32)
+    assert datasets[0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+    table = pd.read_parquet(res.table)
+    assert len(table) == res.objects > 0
+    np.testing.assert_allclose(table["volume"], table["voxel_count"] * 1.0)
