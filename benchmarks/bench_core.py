@@ -78,23 +78,31 @@ class PeakMemory:
         self._thread.join()
 
 
-def dask_image_threshold(client, path: str, threshold: float, sigma: float, out: str, timeout: float):
-    """Seconds dask-image took, or None if it did not finish within ``timeout``."""
-    import dask.array as da
-    from distributed import wait
-    from dask_image import ndfilters, ndmeasure
+DASK_IMAGE = r"""
+import sys, time
+import numpy as np, dask.array as da
+from distributed import Client
+from dask_image import ndfilters, ndmeasure
+address, path, threshold, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+with Client(address):
     t0 = time.perf_counter()
     image = da.from_zarr(path + "/s0").astype(np.float32)
-    smooth = ndfilters.gaussian_filter(image, sigma, mode="nearest", truncate=4.0)
+    smooth = ndfilters.gaussian_filter(image, 1.0, mode="nearest", truncate=4.0)
     labels, n = ndmeasure.label(smooth > threshold, structure=np.ones((3,) * image.ndim))
-    future = client.compute(labels.astype(np.uint32).to_zarr(out, overwrite=True, compute=False))
+    labels.astype(np.uint32).to_zarr(out, overwrite=True)
+    print(time.perf_counter() - t0)
+"""
+
+
+def dask_image_threshold(client, path: str, threshold: float, out: str, timeout: float):
+    """Seconds dask-image took on the same cluster (graph building included), or None past ``timeout``."""
     try:
-        wait(future, timeout=timeout)
-    except TimeoutError:
-        client.cancel(future)
+        proc = subprocess.run([sys.executable, "-c", DASK_IMAGE, client.scheduler.address, path, str(threshold),
+                               out], capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        client.restart()  # drop whatever it left running on the workers
         return None
-    future.result()
-    return time.perf_counter() - t0
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -145,7 +153,7 @@ def main():
         if not args.skip_dask_image:
             di_out = os.path.join(args.dir, "dask_image.zarr")
             with PeakMemory(client) as mem:
-                t_di = dask_image_threshold(client, path, threshold, 1.0, di_out, args.dask_image_timeout)
+                t_di = dask_image_threshold(client, path, threshold, di_out, args.dask_image_timeout)
             th, th_mem = details["threshold"]
             th_sm = th.seconds["stitch"] + th.seconds["measure"]
             if t_di is None:

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 
 def segment(image, method: str = "watershed", name: str | None = None, *, client=None, scheduler: str | None = None,
-            workers: int | None = None, level: int = 0, channel: int | None = None, timepoint: int | None = None,
+            workers: int | None = None, gpus: int | str | None = None, level: int = 0, channel: int | None = None, timepoint: int | None = None,
             block=None, halo=None, output=None, overwrite: bool = False, iou_threshold: float = 0.5,
             progress=None, **params) -> SegmentResult:
     """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
@@ -20,12 +20,13 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
     image : str or path
         OME-Zarr image (local path or fsspec URL).
     method : str
-        ``"threshold"`` or ``"watershed"``; ``params`` are its parameters (``sigma``, ``threshold``,
-        ``diameter``, ``min_size``, ...).
+        ``"threshold"``, ``"watershed"``, ``"cellpose"``, ``"stardist"`` or ``"pixel-classifier"``; ``params``
+        are its parameters (``sigma``, ``threshold``, ``diameter``, ``model``, ``gpu``, ``min_size``, ...).
     name : str
         Label name: written to ``IMAGE/labels/<name>`` unless ``output`` is given. Default: the method.
-    client, scheduler, workers
-        A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster.
+    client, scheduler, workers, gpus
+        A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster (CPU
+        workers, plus one worker per GPU: a count or ``"auto"``; default "auto" for ``gpu=True`` methods).
 
     Returns
     -------
@@ -43,7 +44,9 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
                    output=output, overwrite=overwrite, iou_threshold=iou_threshold)
     if client is None and scheduler is None:  # check everything before a local cluster starts
         job = pipeline.plan(spec, workers or cluster.default_workers())
-        with cluster.connect(workers=workers) as c:
+        if gpus is None and params.get("gpu"):
+            gpus = "auto"
+        with cluster.connect(workers=workers, gpus=gpus) as c:
             return pipeline.run(job, c, progress)
     with cluster.connect(scheduler, workers, client) as c:
         return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, progress)

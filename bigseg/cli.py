@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment an OME-Zarr image into NGFF labels and a measurements table")
     seg.add_argument("image", help="OME-Zarr image: a local path or an fsspec URL")
-    seg.add_argument("--method", default="watershed", help="threshold | watershed (default: watershed)")
+    seg.add_argument("--method", default="watershed",
+                     help="threshold | watershed | cellpose | stardist | pixel-classifier (default: watershed)")
     seg.add_argument("--name", default=None, help="label name: IMAGE/labels/NAME (default: the method)")
     seg.add_argument("--channel", type=int, default=None, help="channel to segment (default 0)")
     seg.add_argument("--timepoint", type=int, default=None, help="timepoint to segment (default 0)")
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--halo", type=_ints, default=None, help="voxels of context per side (default: from the method)")
     seg.add_argument("--workers", type=int, default=None, help="local cluster size (default: from cores and memory)")
     seg.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    seg.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
     seg.add_argument("--output", default=None, help="write a standalone label image here instead of IMAGE/labels")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing label image of that name")
     seg.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
@@ -63,13 +65,31 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--diameter", type=float, default=None, help="watershed: expected object diameter in voxels")
     m.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many voxels")
     m.add_argument("--connectivity", type=int, default=None, help="threshold: 1 = faces only, ndim = full")
+    m.add_argument("--model", default=None, help="deep methods: a pretrained name (cpsam, cyto3, 2D_versatile_fluo, "
+                   "3D_demo) or the path of a trained model / pixel classifier")
+    m.add_argument("--gpu", action="store_true", default=None, help="run the model on GPU workers")
+    m.add_argument("--prob-thresh", type=float, default=None, help="stardist / pixel-classifier probability")
+    m.add_argument("--nms-thresh", type=float, default=None, help="stardist non-maximum suppression IoU")
+    m.add_argument("--flow-threshold", type=float, default=None, help="cellpose flow error threshold")
+    m.add_argument("--cellprob-threshold", type=float, default=None, help="cellpose cell probability threshold")
+    m.add_argument("--object-size", type=float, default=None, help="stardist: largest object diameter (halo)")
+    m.add_argument("--instances", default=None, help="pixel-classifier: components | watershed")
     seg.add_argument("--iou-threshold", type=float, default=0.5, help="stitching: IoU that joins two fragments")
-    for sp in (demo, info, seg):
+    tr = sub.add_parser("train-pixel-classifier", help="train an ilastik-style pixel classifier from scribbles")
+    tr.add_argument("image", help="OME-Zarr image")
+    tr.add_argument("--scribbles", required=True, help="label image of scribbles (0 = unlabelled, 1..K = classes), "
+                    "e.g. IMAGE.zarr/labels/scribbles")
+    tr.add_argument("--out", required=True, help="where to save the classifier (.joblib)")
+    tr.add_argument("--foreground", type=int, default=2, help="the class that becomes objects (default 2)")
+    tr.add_argument("--channel", type=int, default=None)
+    tr.add_argument("--sigma-max", type=float, default=8.0, help="largest feature scale in pixels")
+    for sp in (demo, info, seg, tr):
         sp.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     return p
 
 
-METHOD_FLAGS = ("sigma", "threshold", "threshold_method", "diameter", "min_size", "connectivity")
+METHOD_FLAGS = ("sigma", "threshold", "threshold_method", "diameter", "min_size", "connectivity", "model", "gpu",
+                "prob_thresh", "nms_thresh", "flow_threshold", "cellprob_threshold", "object_size", "instances")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"demo": _demo, "info": _info, "segment": _segment}[args.command](args)
+        return {"demo": _demo, "info": _info, "segment": _segment,
+                "train-pixel-classifier": _train}[args.command](args)
     except BigsegError as err:
         print(f"bigseg: error: {err}", file=sys.stderr)
         return 2
@@ -96,6 +117,7 @@ def _segment(args) -> int:
     params = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
     halo = args.halo[0] if args.halo and len(args.halo) == 1 else args.halo
     result = bigseg.segment(args.image, args.method, args.name, scheduler=args.scheduler, workers=args.workers,
+                            gpus=args.gpus,
                             level=args.level, channel=args.channel, timepoint=args.timepoint, block=args.block,
                             halo=halo, output=args.output, overwrite=args.overwrite,
                             iou_threshold=args.iou_threshold, progress=BarProgress(), **params)
@@ -130,6 +152,21 @@ def _info(args) -> int:
     print(f"  labels: {', '.join(image.labels) if image.labels else '(none)'}")
     if args.json:
         print(json.dumps(info))
+    return 0
+
+
+def _train(args) -> int:
+    from bigseg.io.ome import open_image
+    from bigseg.methods.pixel_classifier import train
+    view = open_image(args.image).view(0, args.channel, None)
+    scribbles = open_image(args.scribbles).view(0, None, None)
+    if scribbles.shape != view.shape:
+        raise ParameterError(f"scribbles {scribbles.shape} and image {view.shape} differ in shape; draw the "
+                             "scribbles on level 0 of the image")
+    full = tuple(slice(0, s) for s in view.shape)
+    train(view.read(full), scribbles.read(full), args.out, foreground=args.foreground, sigma_max=args.sigma_max)
+    print(f"pixel classifier saved to {args.out}; use: bigseg segment IMAGE --method pixel-classifier "
+          f"--model {args.out}")
     return 0
 
 

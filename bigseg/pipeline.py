@@ -119,6 +119,12 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     view = image.view(spec.level, spec.channel, spec.timepoint)
     method = get_method(spec.method, **spec.params)
     method.check(view.ndim)
+    if spec.halo is not None:
+        per_axis(spec.halo, view.ndim, "--halo")
+    if spec.block is not None:
+        plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.block)  # checks the block shape
+    target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
+    method = method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = method.halo(view.ndim) if spec.halo is None else \
         tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
@@ -126,8 +132,6 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "give --halo 1 or more")
-    target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
-    method = method.prepare(view)  # job-wide values (threshold) once, never per block
     return Plan(spec, view, method, grid, target, method.object_min_size(view.ndim))
 
 
@@ -152,7 +156,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
 
     blocks = list(grid)
     tasks = [SegmentTask(view, method, grid, b, files, min_size, method.stitch_rule == "iou") for b in blocks]
-    summaries = stages.run(client, "segment", segment_block, tasks, key, resources=method.resources)
+    summaries = stages.run(client, "segment", segment_block, tasks, key, resources=method.resources())
     by_id = {s.block_id: s for s in summaries}
 
     if method.stitch_rule == "touch":

@@ -5,10 +5,13 @@ import dataclasses
 
 from bigseg.errors import ParameterError
 from bigseg.methods.base import Method
+from bigseg.methods.cellpose import Cellpose
+from bigseg.methods.pixel_classifier import PixelClassifier
+from bigseg.methods.stardist import StarDist
 from bigseg.methods.threshold import Threshold
 from bigseg.methods.watershed import Watershed
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Threshold, Watershed)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Threshold, Watershed, Cellpose, StarDist, PixelClassifier)}
 
 
 def get_method(name: str, **params) -> Method:
@@ -26,4 +29,4 @@ def get_method(name: str, **params) -> Method:
     return cls(**{k: v for k, v in params.items() if v is not None})
 
 
-__all__ = ["METHODS", "Method", "Threshold", "Watershed", "get_method"]
+__all__ = ["METHODS", "Cellpose", "Method", "PixelClassifier", "StarDist", "Threshold", "Watershed", "get_method"]

@@ -6,15 +6,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters
 
 from bigseg.errors import ParameterError
+from bigseg.methods._sample import global_threshold
 from bigseg.methods.base import Method
 
 #: scipy's Gaussian reaches this many sigmas; the halo must cover it for exact block-wise smoothing.
 TRUNCATE = 4.0
-#: Threshold estimation reads the finest level with at most this many voxels.
-THRESHOLD_SAMPLE_VOXELS = 2**24
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen", "mean")
 
 
@@ -63,22 +61,3 @@ class Classical(Method):
         if self.threshold is None:
             raise RuntimeError("prepare() must set the threshold before blocks are segmented")
         return self.smooth(block) > self.threshold
-
-
-def global_threshold(view, method: str = "otsu") -> float:
-    """One threshold for the whole job, from the finest level small enough to read whole."""
-    image = view.image
-    for level in range(view.level, len(image.levels)):
-        small = image.view(level, view.channel, view.timepoint)
-        if math.prod(small.shape) <= THRESHOLD_SAMPLE_VOXELS or level == len(image.levels) - 1:
-            break
-    full = tuple(slice(0, s) for s in small.shape)
-    data = small.read(full).astype(np.float32)
-    if data.size > THRESHOLD_SAMPLE_VOXELS:  # no small level: a regular subsample
-        step = math.ceil((data.size / THRESHOLD_SAMPLE_VOXELS) ** (1 / data.ndim))
-        data = data[(slice(None, None, step),) * data.ndim]
-    if float(data.min()) == float(data.max()):
-        return float(data.max())  # constant image: nothing is above the threshold
-    fn = {"otsu": filters.threshold_otsu, "li": filters.threshold_li, "triangle": filters.threshold_triangle,
-          "yen": filters.threshold_yen, "mean": filters.threshold_mean}[method]
-    return float(fn(data))

@@ -20,14 +20,16 @@ class Method:
     #: How fragments are joined across block boundaries: "touch" (exact for connected components)
     #: or "iou" (predictions of both blocks compared over their overlap).
     stitch_rule: ClassVar[str] = "iou"
-    #: Dask worker resources a block task needs, e.g. {"GPU": 1}.
-    resources: ClassVar[dict | None] = None
     #: Objects smaller than this many voxels are dropped after stitching (exact: whole objects);
     #: ``None`` = the method's default, :meth:`default_min_size`.
     min_size: int | None = None
 
     def check(self, ndim: int) -> None:
         """Raise :class:`~bigseg.errors.ParameterError` if the parameters do not fit a ``ndim``-D image."""
+
+    def resources(self) -> dict | None:
+        """Dask worker resources one block task needs, e.g. ``{"GPU": 1}`` for a model on a GPU."""
+        return None
 
     def default_min_size(self, ndim: int) -> int:
         return 0
@@ -48,7 +50,8 @@ class Method:
         return self
 
     def setup(self) -> None:
-        """Per-worker-process set-up, such as loading a model; called before each block, so cache."""
+        """Per-worker-process set-up, such as loading a model; called before each block, so cache
+        (:func:`bigseg.methods._models.load`)."""
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Label one block (core + halo); returns integer labels of the same shape, 0 = background."""

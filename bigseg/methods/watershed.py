@@ -42,11 +42,16 @@ class Watershed(Classical):
         return self.min_distance if self.min_distance is not None else max(1, int(round(self.diameter / 4)))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        fg = self.foreground(block)
-        if not fg.any():
-            return np.zeros(block.shape, np.int32)
-        dist = ndi.distance_transform_edt(fg).astype(np.float32)
-        size = 2 * self.seed_radius() + 1
-        peaks = (dist == ndi.maximum_filter(dist, size=size, mode="nearest")) & fg
-        markers = measure.label(peaks, connectivity=block.ndim)
-        return segmentation.watershed(-dist, markers, mask=fg)
+        return split_touching(self.foreground(block), self.seed_radius())
+
+
+def split_touching(fg: np.ndarray, seed_radius: int) -> np.ndarray:
+    """Objects of a foreground mask, touching ones split by a watershed of the distance transform seeded at
+    the plateaus of its local maxima (within ``seed_radius``): local and shift-invariant."""
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+    dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    size = 2 * seed_radius + 1
+    peaks = (dist == ndi.maximum_filter(dist, size=size, mode="nearest")) & fg
+    markers = measure.label(peaks, connectivity=fg.ndim)
+    return segmentation.watershed(-dist, markers, mask=fg)

@@ -1,0 +1,53 @@
+"""What the deep-model methods share: one model per worker process, global intensity normalisation
+(percentiles computed once per job, so every block is normalised alike) and GPU resources."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from bigseg.errors import ParameterError
+from bigseg.methods import _models
+from bigseg.methods._sample import global_percentiles
+from bigseg.methods.base import Method
+
+
+@dataclass(frozen=True)
+class DeepMethod(Method):
+    """``model`` is a pretrained name or a path; ``gpu=True`` sends blocks to workers with a ``GPU`` resource."""
+
+    stitch_rule = "iou"
+    model: str = ""
+    gpu: bool = False
+    #: Percentiles that map to 0 and 1 (computed once per job in :meth:`prepare`).
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    intensity_range: tuple[float, float] | None = None
+
+    def resources(self) -> dict | None:
+        return {"GPU": 1} if self.gpu else None
+
+    def is_path(self) -> bool:
+        return os.sep in self.model or os.path.exists(self.model)
+
+    def check(self, ndim: int) -> None:
+        if self.is_path() and not os.path.exists(self.model):
+            raise ParameterError(f"model {self.model} does not exist; give the path of a trained {self.name} "
+                                 "model or a pretrained model name")
+
+    def prepare(self, view) -> "DeepMethod":
+        method = replace(self, model=os.path.abspath(self.model)) if self.is_path() else self
+        if method.intensity_range is not None:
+            return method
+        return replace(method, intensity_range=global_percentiles(view, *self.percentiles))
+
+    def normalized(self, block: np.ndarray) -> np.ndarray:
+        lo, hi = self.intensity_range
+        return (np.asarray(block, np.float32) - lo) / np.float32(hi - lo)
+
+    def loaded(self, ndim: int):
+        """This process's model (loaded on first use, then reused for every block)."""
+        return _models.load((self.name, self.model, ndim, self.gpu), lambda: self.load(ndim))
+
+    def load(self, ndim: int):
+        raise NotImplementedError

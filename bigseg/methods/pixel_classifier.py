@@ -1,0 +1,111 @@
+"""``pixel-classifier``: an ilastik-style random forest on multiscale intensity, edge and texture features,
+trained from sparse scribbles; its foreground probability becomes objects by threshold and connected
+components or a distance-transform watershed.
+
+Train with :func:`train` (or ``bigseg train-pixel-classifier``), which saves a ``.joblib`` file that the
+method loads by path, once per worker process.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigseg.errors import ParameterError
+from bigseg.methods import _models
+from bigseg.methods.base import Method
+from bigseg.methods.watershed import split_touching
+
+FORMAT = "bigseg-pixel-classifier-1"
+
+
+def features(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """Per-pixel features (..., F): Gaussian intensity, gradient magnitude and Hessian eigenvalues at
+    several scales (skimage's ``multiscale_basic_features``)."""
+    from skimage.feature import multiscale_basic_features
+    return multiscale_basic_features(np.asarray(image, np.float32), intensity=True, edges=True, texture=True,
+                                     sigma_min=sigma_min, sigma_max=sigma_max).astype(np.float32)
+
+
+def train(image: np.ndarray, scribbles: np.ndarray, path: str, foreground: int = 2, sigma_min: float = 1.0,
+          sigma_max: float = 8.0, n_estimators: int = 100, seed: int = 0) -> str:
+    """Fit a random forest to the scribbled pixels (``scribbles``: 0 = unlabelled, 1..K = classes) and save it.
+
+    ``foreground`` is the class that becomes objects.
+    """
+    try:
+        import joblib
+        from sklearn.ensemble import RandomForestClassifier
+    except ImportError:
+        raise _models.missing_package("pixel-classifier", "scikit-learn", "pixel-classifier") from None
+    if image.shape != scribbles.shape:
+        raise ParameterError(f"scribbles {scribbles.shape} and image {image.shape} differ in shape")
+    classes = np.unique(scribbles[scribbles > 0])
+    if len(classes) < 2 or foreground not in classes:
+        raise ParameterError(f"scribbles need at least two classes including the foreground class {foreground}; "
+                             f"found classes {classes.tolist()}")
+    feats = features(image, sigma_min, sigma_max)
+    mask = scribbles > 0
+    clf = RandomForestClassifier(n_estimators=n_estimators, n_jobs=1, random_state=seed, min_samples_leaf=2)
+    clf.fit(feats[mask], scribbles[mask])
+    joblib.dump({"format": FORMAT, "classifier": clf, "sigma_min": sigma_min, "sigma_max": sigma_max,
+                 "foreground": int(foreground), "classes": classes.tolist()}, path)
+    return path
+
+
+@dataclass(frozen=True)
+class PixelClassifier(Method):
+    """``model``: a ``.joblib`` file from :func:`train`. ``instances``: ``"components"`` (exact stitching) or
+    ``"watershed"`` (touching objects split; ``diameter`` sets its halo and seed spacing)."""
+
+    name = "pixel-classifier"
+    model: str = ""
+    prob_thresh: float = 0.5
+    instances: str = "components"
+    diameter: float = 12.0
+    sigma_max: float = 8.0  # read from the model file in prepare()
+
+    @property
+    def stitch_rule(self) -> str:
+        return "touch" if self.instances == "components" else "iou"
+
+    def check(self, ndim: int) -> None:
+        if not self.model or not os.path.exists(self.model):
+            raise ParameterError(f"pixel classifier model '{self.model}' does not exist; train one with "
+                                 "bigseg train-pixel-classifier and pass --model PATH")
+        if self.instances not in ("components", "watershed"):
+            raise ParameterError(f"instances must be 'components' or 'watershed', not '{self.instances}'")
+
+    def prepare(self, view) -> "PixelClassifier":
+        from dataclasses import replace
+        model = os.path.abspath(self.model)  # workers elsewhere resolve it the same way
+        return replace(self, model=model, sigma_max=float(self.load()["sigma_max"]))
+
+    def halo(self, ndim: int) -> tuple[int, ...]:
+        features_reach = int(4 * self.sigma_max + 0.5) + 4  # Gaussian (truncate 4) + gradient/Hessian steps
+        split = int(math.ceil(2 * self.diameter)) if self.instances == "watershed" else 0
+        return (features_reach + split,) * ndim
+
+    def load(self) -> dict:
+        import joblib
+        content = joblib.load(self.model)
+        if not isinstance(content, dict) or content.get("format") != FORMAT:
+            raise ParameterError(f"{self.model} is not a bigseg pixel classifier; train one with "
+                                 "bigseg train-pixel-classifier")
+        return content
+
+    def probability(self, block: np.ndarray) -> np.ndarray:
+        model = _models.load(("pixel-classifier", os.path.abspath(self.model)), self.load)
+        feats = features(block, model["sigma_min"], model["sigma_max"])
+        clf = model["classifier"]
+        column = list(clf.classes_).index(model["foreground"])
+        return clf.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, column].reshape(block.shape)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        from skimage.measure import label
+        fg = self.probability(block) > self.prob_thresh
+        if self.instances == "components":
+            return label(fg, connectivity=block.ndim)
+        return split_touching(fg, max(1, int(round(self.diameter / 4))))

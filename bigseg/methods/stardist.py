@@ -1,0 +1,82 @@
+"""``stardist``: star-convex polygons / polyhedra (StarDist 2D and 3D), pretrained or user-trained."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from bigseg.errors import ParameterError
+from bigseg.methods import _models
+from bigseg.methods._deep import DeepMethod
+
+PRETRAINED_HINT = ("StarDist cannot download pretrained models offline: download the model folder elsewhere "
+                   "(e.g. StarDist2D.from_pretrained on a connected machine, then copy ~/.keras/models/...) and "
+                   "pass --model /path/to/model_folder")
+
+
+@dataclass(frozen=True)
+class StarDist(DeepMethod):
+    """``model``: a pretrained name (``2D_versatile_fluo``, ``2D_paper_dsb2018``, ``3D_demo``) or the folder of a
+    trained model (with ``config.json`` and weights). The halo covers the network's receptive field and
+    ``object_size`` (largest object diameter, voxels)."""
+
+    name = "stardist"
+    model: str = "2D_versatile_fluo"
+    prob_thresh: float | None = None
+    nms_thresh: float | None = None
+    object_size: float = 32.0
+    receptive_field: tuple[int, ...] | None = None
+
+    def check(self, ndim: int) -> None:
+        super().check(ndim)
+        if self.is_path():
+            import json
+            config = os.path.join(self.model, "config.json")
+            if not os.path.exists(config):
+                raise ParameterError(f"{self.model} is not a StarDist model folder (no config.json)")
+            n_dim = json.load(open(config)).get("n_dim", 2)
+            if n_dim != ndim:
+                raise ParameterError(f"StarDist model {self.model} is {n_dim}D but the image is {ndim}D; "
+                                     f"use a {ndim}D model")
+        elif not self.model.startswith(f"{ndim}D"):
+            raise ParameterError(f"pretrained StarDist model '{self.model}' does not fit a {ndim}D image; "
+                                 f"use a {ndim}D model (e.g. {'2D_versatile_fluo' if ndim == 2 else '3D_demo'})")
+
+    def prepare(self, view) -> "StarDist":
+        method = super().prepare(view)
+        if method.receptive_field is None:  # the client loads the model once to read its receptive field
+            model = method.load(view.ndim)
+            axes = "ZYX"[-view.ndim:]
+            overlap = model._axes_tile_overlap(axes)
+            method = replace(method, receptive_field=tuple(int(o) for o in overlap))
+        return method
+
+    def halo(self, ndim: int) -> tuple[int, ...]:
+        field = self.receptive_field or (0,) * ndim
+        return tuple(max(int(f), int(math.ceil(self.object_size))) for f in field)
+
+    def load(self, ndim: int):
+        try:
+            from stardist.models import StarDist2D, StarDist3D
+        except ImportError:
+            raise _models.missing_package("stardist", "stardist", "stardist") from None
+        cls = StarDist3D if ndim == 3 else StarDist2D
+        if self.is_path():
+            path = os.path.abspath(self.model)
+            return cls(None, name=os.path.basename(path), basedir=os.path.dirname(path))
+        try:
+            model = cls.from_pretrained(self.model)
+        except Exception as err:
+            raise ParameterError(f"cannot load pretrained StarDist model '{self.model}' ({type(err).__name__}). "
+                                 + PRETRAINED_HINT) from None
+        if model is None:
+            raise ParameterError(f"'{self.model}' is not a pretrained StarDist model name. " + PRETRAINED_HINT)
+        return model
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        model = self.loaded(block.ndim)
+        labels, _ = model.predict_instances(self.normalized(block), prob_thresh=self.prob_thresh,
+                                            nms_thresh=self.nms_thresh, verbose=False, show_tile_progress=False)
+        return labels

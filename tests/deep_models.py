@@ -1,0 +1,62 @@
+"""Small real models, trained in seconds on synthetic nuclei and saved to disk, for the deep-method tests."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bigseg.synthetic import nuclei
+
+
+def normalised(image: np.ndarray) -> np.ndarray:
+    x = image.astype(np.float32)
+    lo, hi = np.percentile(x, (1, 99.8))
+    return (x - lo) / (hi - lo)
+
+
+def train_stardist(basedir: str, ndim: int) -> str:
+    """A tiny StarDist model (2 U-Net levels, 16 rays in 2D / 32 in 3D), saved under ``basedir``."""
+    from stardist.models import Config2D, Config3D, StarDist2D, StarDist3D
+    from stardist import Rays_GoldenSpiral
+    shape = (128, 128) if ndim == 2 else (32, 64, 64)
+    data = [nuclei(shape, seed=100 + s, radius=(4, 7), overlap=1.0) for s in range(8 if ndim == 2 else 6)]
+    X, Y = [normalised(img) for img, _ in data], [lab for _, lab in data]
+    common = dict(n_channel_in=1, unet_n_depth=2, unet_n_filter_base=16, train_batch_size=4,
+                  train_tensorboard=False)
+    if ndim == 2:
+        conf = Config2D(n_rays=16, grid=(2, 2), train_patch_size=(64, 64), **common)
+        model = StarDist2D(conf, name="tiny2d", basedir=basedir)
+        epochs, steps = 10, 20
+    else:
+        conf = Config3D(rays=Rays_GoldenSpiral(32, anisotropy=(1, 1, 1)), grid=(1, 2, 2),
+                        train_patch_size=(16, 48, 48), **common)
+        model = StarDist3D(conf, name="tiny3d", basedir=basedir)
+        epochs, steps = 10, 15
+    model.train(X, Y, validation_data=(X[:2], Y[:2]), epochs=epochs, steps_per_epoch=steps)
+    model.optimize_thresholds(X[:2], Y[:2], verbose=False)
+    return os.path.join(basedir, model.name)
+
+
+def train_cellpose(save_path: str, epochs: int = 40) -> str:
+    """A Cellpose model trained from scratch (cellpose 3 API; cellpose 4 cannot train from scratch)."""
+    from cellpose import models, train
+    data = [nuclei((128, 128), seed=200 + s, radius=(5, 8), overlap=1.0) for s in range(16)]
+    X, Y = [normalised(img) for img, _ in data], [lab for _, lab in data]
+    model = models.CellposeModel(gpu=False, pretrained_model=False, nchan=2, diam_mean=13.0)
+    os.makedirs(save_path, exist_ok=True)
+    out = train.train_seg(model.net, train_data=X, train_labels=Y, channels=[0, 0], normalize=False,
+                          n_epochs=epochs, learning_rate=0.05, weight_decay=1e-4, batch_size=8, save_path=save_path,
+                          model_name="tiny_cellpose", min_train_masks=1, nimg_per_epoch=16)
+    return str(out[0] if isinstance(out, tuple) else out)
+
+
+def train_pixel_classifier(path: str) -> str:
+    from bigseg.methods.pixel_classifier import train
+    image, truth = nuclei((192, 192), seed=300, radius=(5, 8))
+    scribbles = np.zeros(truth.shape, np.uint8)
+    rng = np.random.default_rng(0)
+    fg, bg = np.argwhere(truth > 0), np.argwhere(truth == 0)
+    for coords, cls in ((fg, 2), (bg, 1)):
+        pick = coords[rng.choice(len(coords), 400, replace=False)]
+        scribbles[tuple(pick.T)] = cls
+    return train(image, scribbles, path, foreground=2, sigma_max=4.0, n_estimators=30)

@@ -1,0 +1,138 @@
+"""Deep methods for real: small models trained on synthetic data, saved to disk and loaded back by path through
+bigseg. Block-wise results are compared with the same model run on the whole image as one block."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+import bigseg
+from bigseg.synthetic import nuclei
+from conftest import add_corner_objects, write_image
+from matching import match
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def stardist2d(tmp_path_factory):
+    pytest.importorskip("stardist", reason="pip install 'bigseg[stardist]'")
+    from deep_models import train_stardist
+    return train_stardist(str(tmp_path_factory.mktemp("stardist")), 2)
+
+
+@pytest.fixture(scope="session")
+def stardist3d(tmp_path_factory):
+    pytest.importorskip("stardist", reason="pip install 'bigseg[stardist]'")
+    from deep_models import train_stardist
+    return train_stardist(str(tmp_path_factory.mktemp("stardist3d")), 3)
+
+
+@pytest.fixture(scope="session")
+def cellpose_model(tmp_path_factory):
+    pytest.importorskip("cellpose", reason="pip install 'bigseg[cellpose]'")
+    from deep_models import train_cellpose
+    return train_cellpose(str(tmp_path_factory.mktemp("cellpose")))
+
+
+@pytest.fixture(scope="session")
+def pixel_classifier(tmp_path_factory):
+    from deep_models import train_pixel_classifier
+    return train_pixel_classifier(str(tmp_path_factory.mktemp("pc") / "classifier.joblib"))
+
+
+def _image(tmp_path, shape, chunks, corner_block, seed, radius=(4, 7)):
+    image, truth = nuclei(shape, seed=seed, radius=radius)
+    image = add_corner_objects(image, corner_block, radius=radius[1])
+    return write_image(tmp_path / f"img{len(shape)}.zarr", image, "zyx"[-len(shape):], chunks, levels=2), truth
+
+
+def _labels(result):
+    return zarr.open_array(result.labels + "/0", mode="r")[:]
+
+
+def _blockwise_vs_monolithic(client, path, method, block, min_f1=0.99, **params):
+    shape = zarr.open_array(path + "/s0", mode="r").shape
+    mono = bigseg.segment(path, method, name="mono", client=client, block=shape, **params)
+    res = bigseg.segment(path, method, name="blocks", client=client, block=block, **params)
+    assert mono.blocks == 1 and res.blocks >= 4
+    m = match(_labels(mono), _labels(res))
+    assert m.f1 >= min_f1, m
+    return mono, res
+
+
+def test_stardist_2d_blockwise_matches_monolithic(client, tmp_path, stardist2d):
+    path, truth = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=41)
+    mono, res = _blockwise_vs_monolithic(client, path, "stardist", (64, 64), model=stardist2d)
+    assert match(truth, _labels(res)).f1 > 0.7  # the tiny model really segments nuclei
+
+
+def test_stardist_3d_blockwise_matches_monolithic(client, tmp_path, stardist3d):
+    path, truth = _image(tmp_path, (32, 128, 128), (16, 64, 64), (16, 64, 64), seed=42)
+    mono, res = _blockwise_vs_monolithic(client, path, "stardist", (16, 64, 64), model=stardist3d,
+                                         object_size=16)
+    assert match(truth, _labels(res)).f1 > 0.5
+
+
+def test_cellpose_2d_blockwise_matches_monolithic(client, tmp_path, cellpose_model):
+    path, truth = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=43, radius=(5, 8))
+    mono, res = _blockwise_vs_monolithic(client, path, "cellpose", (64, 64), model=cellpose_model, diameter=13)
+    assert match(truth, _labels(res)).f1 > 0.7
+
+
+def test_pixel_classifier_components_are_exact_across_blocks(client, tmp_path, pixel_classifier):
+    from matching import same_partition
+    path, truth = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=44, radius=(5, 8))
+    mono, res = _blockwise_vs_monolithic(client, path, "pixel-classifier", (64, 64), min_f1=1.0,
+                                         model=pixel_classifier)
+    assert same_partition(_labels(mono), _labels(res))
+    assert match(truth, _labels(res)).f1 > 0.6
+    ws = bigseg.segment(path, "pixel-classifier", name="ws", client=client, block=(128, 128),
+                        model=pixel_classifier, instances="watershed", diameter=13)
+    assert ws.objects >= res.objects  # touching nuclei are split, never merged
+
+
+def test_models_are_loaded_once_per_worker_process(client, tmp_path, stardist2d):
+    from bigseg.methods import _models
+    path, _ = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=45)
+    res = bigseg.segment(path, "stardist", name="count", client=client, block=(64, 64), model=stardist2d)
+    assert res.blocks == 16
+    counts = client.run(_models.load_counts)
+    spec = [k for k in next(iter(counts.values())) if "tiny2d" in k]
+    assert spec, counts
+    per_worker = [c.get(spec[0], 0) for c in counts.values()]
+    assert max(per_worker) == 1 and sum(per_worker) <= len(counts)  # 16 blocks, at most one load per process
+
+
+def test_gpu_blocks_run_only_on_the_gpu_worker(tmp_path, pixel_classifier, stardist2d):
+    """One worker advertises GPU=1 (CUDA_VISIBLE_DEVICES pins a device; on this CPU machine the model runs on
+    the CPU), one does not: every block of a gpu=True method must run on the GPU worker."""
+    from distributed import Client, get_task_stream
+    from bigseg.cluster import gpu_cluster
+    path, _ = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=46)
+    with gpu_cluster(cpu_workers=1, gpus=1, gpu_ids=["0"]) as cluster, Client(cluster) as c:
+        c.wait_for_workers(2)
+        gpu_worker = [a for a, w in c.scheduler_info()["workers"].items() if w["resources"].get("GPU")]
+        assert len(gpu_worker) == 1
+        with get_task_stream(c) as ts:
+            res = bigseg.segment(path, "stardist", name="gpu", client=c, block=(64, 64), model=stardist2d, gpu=True)
+        segment = [t for t in ts.data if "bigseg-segment" in str(t["key"])]
+        assert len(segment) == res.blocks == 16
+        assert {t["worker"] for t in segment} == set(gpu_worker)
+        env = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert env[gpu_worker[0]] == "0"
+
+
+def test_offline_pretrained_name_says_how_to_use_a_local_copy(tmp_path, client):
+    pytest.importorskip("stardist")
+    path, _ = _image(tmp_path, (64, 64), (32, 32), (32, 32), seed=47)
+    with pytest.raises(bigseg.BigsegError, match="--model /path/to/model_folder"):
+        bigseg.segment(path, "stardist", name="pre", client=client, model="2D_versatile_fluo")
+
+
+def test_a_model_of_the_wrong_dimension_is_refused(tmp_path, client, stardist2d):
+    path, _ = _image(tmp_path, (16, 64, 64), (16, 32, 32), (16, 32, 32), seed=48)
+    with pytest.raises(bigseg.BigsegError, match="is 2D but the image is 3D"):
+        bigseg.segment(path, "stardist", name="wrong", client=client, model=stardist2d)
