@@ -38,6 +38,9 @@ class BlockGrid:
     shape: tuple[int, ...]
     block_shape: tuple[int, ...]
     halo: tuple[int, ...]
+    #: Extended regions start at multiples of this (networks with pooling are shift-equivariant only
+    #: for shifts by their total downsampling factor).
+    align: tuple[int, ...] | None = None
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -53,8 +56,9 @@ class BlockGrid:
         return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.shape))
 
     def extended(self, index: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(slice(max(c.start - h, 0), min(c.stop + h, s))
-                     for c, h, s in zip(self.core(index), self.halo, self.shape))
+        align = self.align or (1,) * len(self.shape)
+        return tuple(slice(max((c.start - h) // a * a, 0), min(c.stop + h, s))
+                     for c, h, s, a in zip(self.core(index), self.halo, self.shape, align))
 
     def block(self, index: tuple[int, ...]) -> Block:
         index = tuple(int(i) for i in index)
@@ -111,7 +115,7 @@ def shift(region: tuple[slice, ...], origin: tuple[int, ...]) -> tuple[slice, ..
 
 def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, ...],
               block_shape: tuple[int, ...] | None = None,
-              max_voxels: int = DEFAULT_BLOCK_VOXELS) -> BlockGrid:
+              max_voxels: int = DEFAULT_BLOCK_VOXELS, align: tuple[int, ...] | None = None) -> BlockGrid:
     """Choose (or check) a block shape: a multiple of the chunk shape, halo smaller than the block."""
     ndim = len(shape)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
@@ -139,7 +143,7 @@ def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, 
             raise ParameterError(
                 f"halo {h} is larger than the block ({b} voxels) along axis {d}; "
                 "use a larger --block or a smaller --halo")
-    return BlockGrid(tuple(shape), block_shape, halo)
+    return BlockGrid(tuple(shape), block_shape, halo, tuple(align) if align else None)
 
 
 def default_block_shape(shape, chunks, max_voxels):

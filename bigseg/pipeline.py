@@ -128,7 +128,7 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     halo = method.halo(view.ndim) if spec.halo is None else \
         tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
-    grid = plan_grid(view.shape, view.chunks, halo, spec.block, budget)
+    grid = plan_grid(view.shape, view.chunks, halo, spec.block, budget, method.alignment(view.ndim))
     if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "give --halo 1 or more")

@@ -33,7 +33,7 @@ def train_stardist(basedir: str, ndim: int) -> str:
         model = StarDist3D(conf, name="tiny3d", basedir=basedir)
         epochs, steps = 10, 15
     model.train(X, Y, validation_data=(X[:2], Y[:2]), epochs=epochs, steps_per_epoch=steps)
-    model.optimize_thresholds(X[:2], Y[:2], verbose=False)
+    model.optimize_thresholds(X[:2], Y[:2])
     return os.path.join(basedir, model.name)
 
 

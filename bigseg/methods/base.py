@@ -41,6 +41,11 @@ class Method:
         """For the "touch" rule: 1 = voxels touch by faces only, ``ndim`` = by faces, edges and corners."""
         return ndim
 
+    def alignment(self, ndim: int) -> tuple[int, ...]:
+        """Blocks are read from multiples of this (a network's total downsampling factor), so that a block
+        sees the same pixel grid as the whole image."""
+        return (1,) * ndim
+
     def halo(self, ndim: int) -> tuple[int, ...]:
         """Voxels of context each block needs on every side."""
         return (0,) * ndim

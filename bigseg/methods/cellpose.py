@@ -41,6 +41,9 @@ class Cellpose(DeepMethod):
         if self.diameter is not None and self.diameter <= 0:
             raise ParameterError(f"diameter {self.diameter} must be positive (expected cell size in pixels)")
 
+    def alignment(self, ndim: int) -> tuple[int, ...]:
+        return (16,) * ndim  # Cellpose pads images to multiples of 16 for its U-Net
+
     def halo(self, ndim: int) -> tuple[int, ...]:
         return (int(math.ceil(2 * (self.diameter or DEFAULT_DIAMETER))),) * ndim
 

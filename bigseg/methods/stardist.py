@@ -28,6 +28,7 @@ class StarDist(DeepMethod):
     nms_thresh: float | None = None
     object_size: float = 32.0
     receptive_field: tuple[int, ...] | None = None
+    divisor: tuple[int, ...] | None = None
 
     def check(self, ndim: int) -> None:
         super().check(ndim)
@@ -50,8 +51,12 @@ class StarDist(DeepMethod):
             model = method.load(view.ndim)
             axes = "ZYX"[-view.ndim:]
             overlap = model._axes_tile_overlap(axes)
-            method = replace(method, receptive_field=tuple(int(o) for o in overlap))
+            method = replace(method, receptive_field=tuple(int(o) for o in overlap),
+                             divisor=tuple(int(d) for d in model._axes_div_by(axes)))
         return method
+
+    def alignment(self, ndim: int) -> tuple[int, ...]:
+        return self.divisor or (1,) * ndim
 
     def halo(self, ndim: int) -> tuple[int, ...]:
         field = self.receptive_field or (0,) * ndim
