@@ -170,10 +170,10 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
     else:
         stitch_tasks = []
         for a, off in grid.neighbour_pairs():
-            ka = by_id[grid.flat_id(a)].n_boundary
-            kb = by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))].n_boundary
-            if ka and kb:
-                stitch_tasks.append(OverlapTask(grid, files, a, off, ka, kb, spec.iou_threshold))
+            sa, sb = by_id[grid.flat_id(a)], by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))]
+            if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
+                stitch_tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
+                                                sa.n_fragments, sb.n_fragments, spec.iou_threshold))
         edges = stages.run(client, "stitch", overlap_edges, stitch_tasks, key)
     with stages.local("stitch"):
         lookup = resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), min_size, view.ndim,

@@ -81,7 +81,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
     fragments = lut[core]
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
-    if task.keep_halo and k:
+    if task.keep_halo:  # what stitching compares; kept whenever the core has fragments
         _save_halo(task, labels, lut, n)
     if task.view.n_channels == 1:
         channels = extended[core_slc][None]

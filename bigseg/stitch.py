@@ -7,7 +7,8 @@ Two rules, chosen by the method:
   (with a one-voxel margin, so that edge and corner contacts count too).
 * ``iou`` — for every pair of adjacent blocks, each block's prediction over the other's core (its
   halo) is compared with the other's own fragments; fragments whose predictions overlap with an
-  IoU above the threshold are one object.
+  IoU above the threshold are one object. A boundary fragment that matches the other block's
+  interior (complete) object is a sliver of it and is dropped.
 
 Only boundary fragments (ids 1..k of a block) enter the graph; interior fragments get their final id
 by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) rows.
@@ -28,6 +29,8 @@ from bigseg.io.ome import open_array
 from bigseg.segment_blocks import BlockSummary, JobFiles
 
 EDGE_COLUMNS = 4
+#: Block id of an edge (block, fragment, DROP, 0) that drops a fragment instead of joining two.
+DROP = -1
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class OverlapTask:
     offset: tuple[int, ...]
     n_boundary_a: int
     n_boundary_b: int
+    n_fragments_a: int
+    n_fragments_b: int
     iou_threshold: float
 
 
@@ -103,9 +108,20 @@ def overlap_edges(task: OverlapTask) -> np.ndarray:
     view_b = np.concatenate([store.load_array(task.files.halo_slab(id_b, neg)).ravel(),
                              fragments[in_b].ravel()]).astype(np.int64)
     la, lb, inter, iou = overlaps(view_a, view_b)
-    keep = (iou > task.iou_threshold) & (la <= task.n_boundary_a) & (lb <= task.n_boundary_b)
-    n = int(keep.sum())
-    return np.stack([np.full(n, id_a), la[keep], np.full(n, id_b), lb[keep]], axis=1).astype(np.int64)
+    same = iou > task.iou_threshold
+    a_boundary, b_boundary = la <= task.n_boundary_a, lb <= task.n_boundary_b
+    # A boundary fragment that is the same object as the other block's *interior* fragment (a complete
+    # object there) is a sliver of that object spilling over the face in this block's prediction: dropped.
+    a_interior, b_interior = (la > task.n_boundary_a) & (la <= task.n_fragments_a), \
+        (lb > task.n_boundary_b) & (lb <= task.n_fragments_b)
+    keep = same & a_boundary & b_boundary
+    drop_a, drop_b = same & a_boundary & b_interior, same & b_boundary & a_interior
+    rows = [np.stack([np.full(keep.sum(), id_a), la[keep], np.full(keep.sum(), id_b), lb[keep]], axis=1),
+            np.stack([np.full(drop_a.sum(), id_a), la[drop_a], np.full(drop_a.sum(), DROP), np.zeros(drop_a.sum())],
+                     axis=1),
+            np.stack([np.full(drop_b.sum(), id_b), lb[drop_b], np.full(drop_b.sum(), DROP), np.zeros(drop_b.sum())],
+                     axis=1)]
+    return np.concatenate(rows).astype(np.int64)
 
 
 def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -141,13 +157,16 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min
         k[s.block_id], n[s.block_id] = s.n_boundary, s.n_fragments
     prefix = np.concatenate([[0], np.cumsum(k)])
     total = int(prefix[-1])
-    if edges.size:
-        if np.any(edges[:, 1] > k[edges[:, 0]]) or np.any(edges[:, 3] > k[edges[:, 2]]):
-            raise AssertionError("an edge names a fragment that is not a boundary fragment")
-        src = prefix[edges[:, 0]] + edges[:, 1] - 1
-        dst = prefix[edges[:, 2]] + edges[:, 3] - 1
-    else:
-        src = dst = np.zeros(0, np.int64)
+    dropped = np.zeros(total, bool)
+    drops = edges[edges[:, 2] == DROP]
+    dropped[prefix[drops[:, 0]] + drops[:, 1] - 1] = True
+    edges = edges[edges[:, 2] != DROP]
+    if np.any(edges[:, 1] > k[edges[:, 0]]) or np.any(edges[:, 3] > k[edges[:, 2]]):
+        raise AssertionError("an edge names a fragment that is not a boundary fragment")
+    src = prefix[edges[:, 0]] + edges[:, 1] - 1
+    dst = prefix[edges[:, 2]] + edges[:, 3] - 1
+    joined = ~(dropped[src] | dropped[dst])  # a dropped sliver joins nothing
+    src, dst = src[joined], dst[joined]
     graph = coo_matrix((np.ones(src.size, np.int8), (src, dst)), shape=(total, total))
     n_comp, comp = connected_components(graph, directed=False)
     # number components in order of their first fragment (block order): deterministic ids
@@ -164,6 +183,7 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min
     spanned = np.bincount(np.unique(np.stack([comp, block_of_fragment], 1), axis=0)[:, 0], minlength=n_comp) \
         if total else np.zeros(0, np.int64)
     kept = merged["count"] >= min_size
+    kept[comp[dropped]] = False  # slivers are singletons: dropping them drops nothing else
     final = np.zeros(n_comp, np.int64)
     final[kept] = np.arange(1, kept.sum() + 1)
     fragment_ids = final[comp]
