@@ -33,7 +33,7 @@ def train_stardist(basedir: str, ndim: int) -> str:
         conf = Config3D(rays=Rays_GoldenSpiral(32, anisotropy=(1, 1, 1)), grid=(1, 2, 2),
                         train_patch_size=(16, 48, 48), **common)
         model = StarDist3D(conf, name="tiny3d", basedir=basedir)
-        epochs, steps = 10, 15
+        epochs, steps = 20, 20
     model.train(X, Y, validation_data=(X[:2], Y[:2]), epochs=epochs, steps_per_epoch=steps)
     model.optimize_thresholds(X[:2], Y[:2])
     return os.path.join(basedir, model.name)

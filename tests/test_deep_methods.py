@@ -70,8 +70,8 @@ def test_stardist_2d_blockwise_matches_monolithic(client, tmp_path, stardist2d):
 
 
 def test_stardist_3d_blockwise_matches_monolithic(client, tmp_path, stardist3d):
-    path, truth = _image(tmp_path, (32, 128, 128), (16, 64, 64), (16, 64, 64), seed=42)
-    mono, res = _blockwise_vs_monolithic(client, path, "stardist", (16, 64, 64), model=stardist3d,
+    path, truth = _image(tmp_path, (64, 128, 128), (32, 64, 64), (32, 64, 64), seed=42)
+    mono, res = _blockwise_vs_monolithic(client, path, "stardist", (32, 64, 64), model=stardist3d,
                                          object_size=16)
     assert match(truth, _labels(res)).f1 > 0.5
 
