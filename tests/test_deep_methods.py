@@ -43,6 +43,12 @@ def pixel_classifier(tmp_path_factory):
     return train_pixel_classifier(str(tmp_path_factory.mktemp("pc") / "classifier.joblib"))
 
 
+@pytest.fixture(scope="session")
+def pixel_classifier3d(tmp_path_factory):
+    from deep_models import train_pixel_classifier
+    return train_pixel_classifier(str(tmp_path_factory.mktemp("pc3") / "classifier3d.joblib"), ndim=3)
+
+
 def _image(tmp_path, shape, chunks, corner_block, seed, radius=(4, 7)):
     image, truth = nuclei(shape, seed=seed, radius=radius)
     image = add_corner_objects(image, corner_block, radius=radius[1])
@@ -80,6 +86,24 @@ def test_cellpose_2d_blockwise_matches_monolithic(client, tmp_path, cellpose_mod
     path, truth = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=43, radius=(5, 8))
     mono, res = _blockwise_vs_monolithic(client, path, "cellpose", (64, 64), model=cellpose_model, diameter=13)
     assert match(truth, _labels(res)).f1 > 0.7
+
+
+def test_cellpose_3d_blockwise_matches_monolithic(client, tmp_path, cellpose_model):
+    path, truth = _image(tmp_path, (32, 96, 96), (32, 48, 48), (32, 48, 48), seed=49, radius=(5, 8))
+    mono, res = _blockwise_vs_monolithic(client, path, "cellpose", (32, 48, 48), model=cellpose_model, diameter=13,
+                                         halo=(0, 32, 32))
+    assert match(truth, _labels(res)).f1 > 0.5
+
+
+def test_pixel_classifier_3d_blockwise_equals_monolithic(client, tmp_path, pixel_classifier, pixel_classifier3d):
+    from matching import same_partition
+    path, truth = _image(tmp_path, (24, 96, 96), (24, 32, 32), (24, 48, 48), seed=50, radius=(5, 8))
+    with pytest.raises(bigseg.BigsegError, match="trained on 2D images but the image is 3D"):
+        bigseg.segment(path, "pixel-classifier", name="wrong", client=client, model=pixel_classifier)
+    mono, res = _blockwise_vs_monolithic(client, path, "pixel-classifier", (24, 32, 32), min_f1=1.0,
+                                         model=pixel_classifier3d)
+    assert same_partition(_labels(mono), _labels(res))
+    assert match(truth, _labels(res)).f1 > 0.5
 
 
 def test_pixel_classifier_components_are_exact_across_blocks(client, tmp_path, pixel_classifier):
@@ -136,3 +160,16 @@ def test_a_model_of_the_wrong_dimension_is_refused(tmp_path, client, stardist2d)
     path, _ = _image(tmp_path, (16, 64, 64), (16, 32, 32), (16, 32, 32), seed=48)
     with pytest.raises(bigseg.BigsegError, match="is 2D but the image is 3D"):
         bigseg.segment(path, "stardist", name="wrong", client=client, model=stardist2d)
+
+
+@pytest.mark.parametrize("method, module, extra", [("stardist", "stardist", "stardist"),
+                                                   ("cellpose", "cellpose", "cellpose"),
+                                                   ("pixel-classifier", "sklearn", "pixel-classifier")])
+def test_a_missing_package_names_the_extra_to_install(nuclei3d, method, module, extra):
+    import subprocess
+    import sys
+    code = (f"import sys; sys.modules[{module!r}] = None; from bigseg.cli import main; "
+            f"sys.exit(main(['segment', {nuclei3d[0]!r}, '--method', {method!r}, '--model', 'm.joblib']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"pip install 'bigseg[{extra}]'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -30,7 +30,15 @@ class DeepMethod(Method):
     def is_path(self) -> bool:
         return os.sep in self.model or os.path.exists(self.model)
 
+    #: (module to import, extra that installs it): checked before anything runs.
+    package: tuple[str, str] = ("", "")
+
     def check(self, ndim: int) -> None:
+        module, extra = self.package
+        try:
+            __import__(module)
+        except ImportError:
+            raise _models.missing_package(self.name, module, extra) from None
         if self.is_path() and not os.path.exists(self.model):
             raise ParameterError(f"model {self.model} does not exist; give the path of a trained {self.name} "
                                  "model or a pretrained model name")

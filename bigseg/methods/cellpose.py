@@ -35,6 +35,7 @@ class Cellpose(DeepMethod):
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
     anisotropy: float | None = None
+    package: tuple[str, str] = ("cellpose", "cellpose")
 
     def check(self, ndim: int) -> None:
         super().check(ndim)

@@ -51,7 +51,7 @@ def train(image: np.ndarray, scribbles: np.ndarray, path: str, foreground: int =
     clf = RandomForestClassifier(n_estimators=n_estimators, n_jobs=1, random_state=seed, min_samples_leaf=2)
     clf.fit(feats[mask], scribbles[mask])
     joblib.dump({"format": FORMAT, "classifier": clf, "sigma_min": sigma_min, "sigma_max": sigma_max,
-                 "foreground": int(foreground), "classes": classes.tolist()}, path)
+                 "foreground": int(foreground), "classes": classes.tolist(), "ndim": image.ndim}, path)
     return path
 
 
@@ -72,6 +72,10 @@ class PixelClassifier(Method):
         return "touch" if self.instances == "components" else "iou"
 
     def check(self, ndim: int) -> None:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise _models.missing_package(self.name, "scikit-learn", "pixel-classifier") from None
         if not self.model or not os.path.exists(self.model):
             raise ParameterError(f"pixel classifier model '{self.model}' does not exist; train one with "
                                  "bigseg train-pixel-classifier and pass --model PATH")
@@ -81,7 +85,11 @@ class PixelClassifier(Method):
     def prepare(self, view) -> "PixelClassifier":
         from dataclasses import replace
         model = os.path.abspath(self.model)  # workers elsewhere resolve it the same way
-        return replace(self, model=model, sigma_max=float(self.load()["sigma_max"]))
+        content = self.load()
+        if content["ndim"] != view.ndim:
+            raise ParameterError(f"pixel classifier {self.model} was trained on {content['ndim']}D images but the "
+                                 f"image is {view.ndim}D; train one on {view.ndim}D data")
+        return replace(self, model=model, sigma_max=float(content["sigma_max"]))
 
     def halo(self, ndim: int) -> tuple[int, ...]:
         features_reach = int(4 * self.sigma_max + 0.5) + 4  # Gaussian (truncate 4) + gradient/Hessian steps

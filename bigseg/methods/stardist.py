@@ -28,6 +28,7 @@ class StarDist(DeepMethod):
     nms_thresh: float | None = None
     object_size: float = 32.0
     receptive_field: tuple[int, ...] | None = None
+    package: tuple[str, str] = ("stardist", "stardist")
     divisor: tuple[int, ...] | None = None
 
     def check(self, ndim: int) -> None:
