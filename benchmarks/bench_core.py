@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
 
-import numpy as np
 import psutil
 import zarr
 
@@ -167,8 +165,8 @@ def main():
                              f"identical partition: {exact}", th_mem, mem.peak_worker, th_sm / th.seconds["total"]))
 
     print()
-    print(f"| method | reference | bigseg s | reference s | speed-up | fidelity vs reference | "
-          f"bigseg peak worker GB | reference peak GB | stitch+measure share |")
+    print("| method | reference | bigseg s | reference s | speed-up | fidelity vs reference | "
+          "bigseg peak worker GB | reference peak GB | stitch+measure share |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, ref_name, t_ours, t_ref, fid, mem_ours, mem_ref, share in rows:
         print(f"| {name} | {ref_name} | {t_ours:.1f} | {t_ref:.1f} | {t_ref / t_ours:.2f}x | {fid} | "

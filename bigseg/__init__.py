@@ -10,8 +10,9 @@ __version__ = "0.1.0"
 
 
 def segment(image, method: str = "watershed", name: str | None = None, *, client=None, scheduler: str | None = None,
-            workers: int | None = None, gpus: int | str | None = None, level: int = 0, channel: int | None = None, timepoint: int | None = None,
-            block=None, halo=None, output=None, overwrite: bool = False, iou_threshold: float = 0.5,
+            workers: int | None = None, gpus: int | str | None = None, level: int = 0, channel: int | None = None,
+            timepoint: int | None = None, block=None, halo=None, output=None, overwrite: bool = False,
+            iou_threshold: float = 0.5,
             progress=None, **params) -> SegmentResult:
     """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
 

@@ -23,7 +23,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from bigseg import measure
-from bigseg.blocks import BlockGrid, intersect, shift
+from bigseg.blocks import BlockGrid, intersect
 from bigseg.io import store
 from bigseg.io.ome import open_array
 from bigseg.segment_blocks import BlockSummary, JobFiles

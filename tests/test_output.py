@@ -1,7 +1,6 @@
 """The NGFF label image: read back by ome-zarr-py, validated by ome-zarr-models, input untouched."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np

@@ -1,7 +1,6 @@
 """What the classical methods share: smoothing and a global threshold computed once per job."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np

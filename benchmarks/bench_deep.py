@@ -1,0 +1,81 @@
+"""Benchmark of the deep methods (issue 3): block-wise on N workers vs the same model run monolithically
+(the whole image as one ``eval`` / ``predict_instances`` call in one process), in one run.
+
+    python benchmarks/bench_deep.py [--shape 2048,2048] [--workers 2] [--cellpose-model PATH] [--stardist-model DIR]
+
+Without model paths it trains the tests' small models first (about 1.5 minutes), offline. Prints a table of
+times, ratios and block-wise vs monolithic fidelity. (The comparison with cellpose.contrib.distributed_segmentation
+is not run yet: it needs dask-jobqueue and a shim for zarr 3's keyword-only ``zarr.open``.)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import zarr
+
+import bigseg
+from bigseg.methods import get_method
+from bigseg.synthetic import nuclei, write_ome_zarr
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from matching import match  # noqa: E402
+
+
+def monolithic(path: str, method, view_args=()) -> tuple[np.ndarray, float]:
+    """The same method object, prepared the same way, on the whole image in this process."""
+    from bigseg.io.ome import open_image
+    view = open_image(path).view(0)
+    prepared = method.prepare(view)
+    image = zarr.open_array(path + "/s0", mode="r")[:]
+    prepared(image[:64, :64])  # load the model before timing, as a worker does once
+    t0 = time.perf_counter()
+    labels = prepared(image)
+    return labels, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="2048,2048")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cellpose-model")
+    ap.add_argument("--stardist-model")
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bigseg-bench-deep"))
+    args = ap.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
+    from deep_models import train_cellpose, train_stardist
+    t0 = time.perf_counter()
+    cp_model = args.cellpose_model or train_cellpose(os.path.join(args.dir, "cellpose"))
+    sd_model = args.stardist_model or train_stardist(os.path.join(args.dir, "stardist"), 2)
+    print(f"# models ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    image, truth = nuclei(shape, seed=0, radius=(5, 8))
+    path = write_ome_zarr(os.path.join(args.dir, "deep.zarr"), image, "yx", (512, 512), version="0.5")
+    cases = [("cellpose", {"model": cp_model, "diameter": 13}), ("stardist", {"model": sd_model})]
+    from distributed import Client, LocalCluster
+    rows = []
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1) as cluster, Client(cluster) as client:
+        for name, params in cases:
+            ours = bigseg.segment(path, name, name=name, client=client, overwrite=True, **params)
+            labels = zarr.open_array(ours.labels + "/0", mode="r")[:]
+            ref, t_mono = monolithic(path, get_method(name, **params))
+            m = match(ref, labels)
+            blocks_per_s = ours.blocks / ours.seconds["segment"]
+            rows.append((name, ours, t_mono, m, blocks_per_s, match(truth, labels).f1))
+            print(f"# {name}: {ours.summary()['seconds']}", flush=True)
+    print(f"\n| method | bigseg s ({args.workers} workers, whole job) | monolithic s (model only) | speed-up | "
+          f"blocks | blocks/s | F1 block-wise vs monolithic | splits | merges | F1 vs truth |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, ours, t_mono, m, bps, f1_truth in rows:
+        print(f"| {name} | {ours.seconds['total']:.1f} | {t_mono:.1f} | {t_mono / ours.seconds['total']:.2f}x | "
+              f"{ours.blocks} | {bps:.2f} | {m.f1:.4f} | {m.splits} | {m.merges} | {f1_truth:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
