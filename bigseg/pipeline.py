@@ -61,8 +61,8 @@ class SegmentResult:
 
     def summary(self) -> dict:
         return {"labels": self.labels, "table": self.table, "qc": self.qc, "objects": self.objects,
-                "blocks": self.blocks, "blocks_empty": self.blocks_empty, "dtype": self.dtype, "threshold": self.threshold,
-                "block": list(self.block_shape), "halo": list(self.halo),
+                "blocks": self.blocks, "blocks_empty": self.blocks_empty, "dtype": self.dtype,
+                "threshold": self.threshold, "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
                 "voxels_per_second": round(self.voxels_per_second, 1)}
 
