@@ -172,3 +172,17 @@ def test_a_missing_package_names_the_extra_to_install(nuclei3d, method, module, 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"pip install 'bigseg[{extra}]'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_offline_cellpose_name_says_how_to_use_a_local_copy(tmp_path):
+    """Weights are looked up in an empty CELLPOSE_LOCAL_MODELS_PATH, so cellpose must try (and fail) to download."""
+    pytest.importorskip("cellpose")
+    from distributed import Client, LocalCluster
+    path, _ = _image(tmp_path, (64, 64), (32, 32), (32, 32), seed=51)
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    with LocalCluster(n_workers=1, threads_per_worker=1, env={"CELLPOSE_LOCAL_MODELS_PATH": str(empty)},
+                      dashboard_address=":0") as cluster, Client(cluster) as c:
+        with pytest.raises(bigseg.BigsegError, match="CELLPOSE_LOCAL_MODELS_PATH"):
+            bigseg.segment(path, "cellpose", name="pre", client=c, model="cyto3", diameter=13)
+    assert bigseg.open_image(path).labels == ()  # the failed job left no visible label image
