@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--flow-threshold", type=float, default=None, help="cellpose flow error threshold")
     m.add_argument("--cellprob-threshold", type=float, default=None, help="cellpose cell probability threshold")
     m.add_argument("--object-size", type=float, default=None, help="stardist: largest object diameter (halo)")
-    m.add_argument("--instances", default=None, help="pixel-classifier: components | watershed")
+    m.add_argument("--instances", default=None, help="pixel-classifier: components | watershed (objects) or classes "
+                   "(a semantic class map: one label value per scribble class)")
     seg.add_argument("--iou-threshold", type=float, default=0.5, help="stitching: IoU that joins two fragments")
     tr = sub.add_parser("train-pixel-classifier", help="train an ilastik-style pixel classifier from scribbles")
     tr.add_argument("image", help="OME-Zarr image")

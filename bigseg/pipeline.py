@@ -31,7 +31,7 @@ from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
 from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
-from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, touch_edges
+from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, resolve_classes, touch_edges
 
 log = logging.getLogger(__name__)
 #: Retries of a failed block task before the job fails (lost workers are handled by Dask itself).
@@ -159,25 +159,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
     summaries = stages.run(client, "segment", segment_block, tasks, key, resources=method.resources())
     by_id = {s.block_id: s for s in summaries}
 
-    if method.stitch_rule == "touch":
-        connectivity = method.touch_connectivity(view.ndim)
-        # a face is read if either side has boundary fragments: its one-voxel margin also catches
-        # contacts across edges and corners with blocks beside the other side
-        stitch_tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
-                        if by_id[grid.flat_id(low)].n_boundary or
-                        by_id[grid.flat_id(_next(low, axis))].n_boundary]
-        edges = stages.run(client, "stitch", touch_edges, stitch_tasks, key)
-    else:
-        stitch_tasks = []
-        for a, off in grid.neighbour_pairs():
-            sa, sb = by_id[grid.flat_id(a)], by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))]
-            if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
-                stitch_tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
-                                                sa.n_fragments, sb.n_fragments, spec.iou_threshold))
-        edges = stages.run(client, "stitch", overlap_edges, stitch_tasks, key)
-    with stages.local("stitch"):
-        lookup = resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), min_size, view.ndim,
-                         view.n_channels)
+    lookup = _stitch(plan, client, stages, files, summaries, key)
     dtype = label_io.label_dtype(lookup.n_objects)
     if dtype != np.uint32:
         log.warning("%d objects do not fit uint32: writing uint64 labels", lookup.n_objects)
@@ -199,7 +181,7 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
     channel_names = tuple(f"c{c}" for c in range(view.n_channels))
     table_args = (view.scale, view.translation, view.shape, channel_names)
     with stages.local("measure"):
-        df = measure.table(lookup.boundary_partials, np.arange(1, lookup.n_boundary_objects + 1),
+        df = measure.table(lookup.boundary_partials, lookup.boundary_labels,
                            lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
         table_io.write_part(df, table_io.part_url(files.table_parts, 0))
     measure_tasks = [measure.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
@@ -222,6 +204,33 @@ def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
         threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape))
+
+
+def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: list, key: str):
+    """The stitch stage by the method's rule: edges from face tasks on the workers, resolved on the client."""
+    grid, view, rule = plan.grid, plan.view, plan.method.stitch_rule
+    if rule == "class":
+        with stages.local("stitch"):
+            return resolve_classes(summaries, len(grid), view.ndim, view.n_channels)
+    by_id = {s.block_id: s for s in summaries}
+    if rule == "touch":
+        connectivity = plan.method.touch_connectivity(view.ndim)
+        # a face is read if either side has boundary fragments: its one-voxel margin also catches
+        # contacts across edges and corners with blocks beside the other side
+        tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
+                 if by_id[grid.flat_id(low)].n_boundary or by_id[grid.flat_id(_next(low, axis))].n_boundary]
+        edges = stages.run(client, "stitch", touch_edges, tasks, key)
+    else:
+        tasks = []
+        for a, off in grid.neighbour_pairs():
+            sa, sb = by_id[grid.flat_id(a)], by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))]
+            if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
+                tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
+                                         sa.n_fragments, sb.n_fragments, plan.spec.iou_threshold))
+        edges = stages.run(client, "stitch", overlap_edges, tasks, key)
+    with stages.local("stitch"):
+        return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
+                       view.n_channels)
 
 
 def _next(index: tuple[int, ...], axis: int) -> tuple[int, ...]:

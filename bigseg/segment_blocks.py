@@ -72,6 +72,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     labels = np.asarray(task.method(extended))
     core_slc = block.core_in_extended
     core = labels[core_slc]
+    if task.method.stitch_rule == "class":
+        return _segment_classes(task, extended, core, t0)
     if task.method.stitch_rule == "touch":
         # The halo's edge is smoothed without context, so halo voxels may join objects that are apart:
         # fragments are components of the core alone, joined across faces by the stitch stage.
@@ -83,14 +85,34 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
     if task.keep_halo:  # what stitching compares; kept whenever the core has fragments
         _save_halo(task, labels, lut, n)
-    if task.view.n_channels == 1:
-        channels = extended[core_slc][None]
-    else:
-        channels = task.view.read_channels(block.core)
-    partials = measure.block_partials(fragments, channels, block.origin, n)
+    partials = measure.block_partials(fragments, _channels(task, extended), block.origin, n)
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
     return BlockSummary(block.id, n, k, measure.take(partials, slice(0, k)), time.perf_counter() - t0)
+
+
+def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:
+    """The core's intensities, (C, *core shape), for the statistics."""
+    if task.view.n_channels == 1:
+        return extended[task.block.core_in_extended][None]
+    return task.view.read_channels(task.block.core)
+
+
+def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarray, t0: float) -> BlockSummary:
+    """A semantic class map: class numbers are the final ids, so the core is written as it is and only
+    per-class statistics go back (fragments 1..m = classes 1..m, m the block's largest class)."""
+    block = task.block
+    present = np.unique(classes)
+    present = present[present > 0]
+    if present.size == 0:
+        return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
+    m = int(present[-1])
+    open_array(task.files.fragments, "", 3, mode="r+")[block.core] = classes.astype(np.uint32)
+    lut = np.zeros(m + 1, np.uint32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
+    partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size)
+    partials["class"] = present.astype(np.int64)
+    return BlockSummary(block.id, m, m, partials, time.perf_counter() - t0)
 
 
 def _renumber(core: np.ndarray, faces: list[tuple[int, int]], min_size: int) -> tuple[np.ndarray, int, int]:

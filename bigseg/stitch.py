@@ -10,6 +10,9 @@ Two rules, chosen by the method:
   IoU above the threshold are one object. A boundary fragment that matches the other block's
   interior (complete) object is a sliver of it and is dropped.
 
+A third rule, ``class``, is for semantic class maps: the values are class numbers, the same in every
+block, so nothing is compared; the statistics are merged by class.
+
 Only boundary fragments (ids 1..k of a block) enter the graph; interior fragments get their final id
 by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) rows.
 """
@@ -146,6 +149,7 @@ class Lookup:
     interior_base: np.ndarray
     boundary_partials: dict
     boundary_blocks_spanned: np.ndarray
+    boundary_labels: np.ndarray  # the final id of each row of boundary_partials
 
 
 def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min_size: int,
@@ -192,4 +196,21 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min
     base = n_boundary_objects + np.concatenate([[0], np.cumsum(interior)[:-1]])
     boundary_ids = {b: fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
     return Lookup(int(n_boundary_objects + interior.sum()), n_boundary_objects, boundary_ids, base,
-                  measure.take(merged, kept), spanned[kept])
+                  measure.take(merged, kept), spanned[kept], np.arange(1, n_boundary_objects + 1))
+
+
+def resolve_classes(summaries: list[BlockSummary], n_blocks: int, ndim: int, n_channels: int) -> Lookup:
+    """The ``class`` rule: fragment i of every block is class i (identity lookup); statistics merge by class."""
+    parts = [s.boundary for s in summaries if s.n_fragments]
+    if not parts:
+        return Lookup(0, 0, {}, np.zeros(n_blocks, np.int64), measure.empty_partials(ndim, n_channels),
+                      np.zeros(0, np.int64), np.zeros(0, np.int64))
+    partials = measure.concat(parts)
+    classes = partials.pop("class")
+    n_classes = int(classes.max())
+    merged = measure.merge(partials, classes - 1, n_classes)
+    present = merged["count"] > 0
+    spanned = np.bincount(classes - 1, minlength=n_classes)
+    boundary_ids = {s.block_id: np.arange(1, s.n_boundary + 1) for s in summaries if s.n_fragments}
+    return Lookup(int(present.sum()), int(present.sum()), boundary_ids, np.zeros(n_blocks, np.int64),
+                  measure.take(merged, present), spanned[present], np.flatnonzero(present) + 1)

@@ -117,6 +117,30 @@ def test_pixel_classifier_components_are_exact_across_blocks(client, tmp_path, p
     assert ws.objects >= res.objects  # touching nuclei are split, never merged
 
 
+def test_pixel_classifier_class_map_is_exact_across_blocks_and_measured_per_class(client, tmp_path,
+                                                                                   pixel_classifier):
+    import numpy as np
+    import pandas as pd
+    path, truth = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=45, radius=(5, 8))
+    mono = bigseg.segment(path, "pixel-classifier", name="mono", client=client, block=(256, 256),
+                          model=pixel_classifier, instances="classes")
+    res = bigseg.segment(path, "pixel-classifier", name="classes", client=client, block=(64, 64),
+                         model=pixel_classifier, instances="classes")
+    classes = _labels(res)
+    assert res.blocks == 16 and np.array_equal(classes, _labels(mono))  # voxel for voxel
+    assert set(np.unique(classes)) == {1, 2}  # the scribble classes: 1 background, 2 nuclei
+    dice = 2 * np.sum((classes == 2) & (truth > 0)) / (np.sum(classes == 2) + np.sum(truth > 0))
+    assert dice > 0.8
+    image = zarr.open_array(path + "/s0", mode="r")[:].astype(np.float64)
+    table = pd.read_parquet(res.table).set_index("label")
+    assert res.objects == 2 and list(table.index) == [1, 2]
+    for c in (1, 2):
+        assert table.loc[c, "voxel_count"] == np.sum(classes == c)
+        assert table.loc[c, "mean_intensity_c0"] == pytest.approx(image[classes == c].mean(), rel=1e-9)
+        assert table.loc[c, "std_intensity_c0"] == pytest.approx(image[classes == c].std(), rel=1e-9)
+        assert table.loc[c, "blocks_spanned"] >= 2
+
+
 def test_models_are_loaded_once_per_worker_process(client, tmp_path, stardist2d):
     from bigseg.methods import _models
     path, _ = _image(tmp_path, (256, 256), (64, 64), (64, 64), seed=45)

@@ -1,6 +1,7 @@
 """``pixel-classifier``: an ilastik-style random forest on multiscale intensity, edge and texture features,
 trained from sparse scribbles; its foreground probability becomes objects by threshold and connected
-components or a distance-transform watershed.
+components or a distance-transform watershed, or its most probable class per pixel is written as a
+semantic class map (``instances="classes"``: label values are the scribble class numbers).
 
 Train with :func:`train` (or ``bigseg train-pixel-classifier``), which saves a ``.joblib`` file that the
 method loads by path, once per worker process.
@@ -19,6 +20,7 @@ from bigseg.methods.base import Method
 from bigseg.methods.watershed import split_touching
 
 FORMAT = "bigseg-pixel-classifier-1"
+INSTANCES = ("components", "watershed", "classes")
 
 
 def features(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -57,8 +59,9 @@ def train(image: np.ndarray, scribbles: np.ndarray, path: str, foreground: int =
 
 @dataclass(frozen=True)
 class PixelClassifier(Method):
-    """``model``: a ``.joblib`` file from :func:`train`. ``instances``: ``"components"`` (exact stitching) or
-    ``"watershed"`` (touching objects split; ``diameter`` sets its halo and seed spacing)."""
+    """``model``: a ``.joblib`` file from :func:`train`. ``instances``: ``"components"`` (exact stitching),
+    ``"watershed"`` (touching objects split; ``diameter`` sets its halo and seed spacing) or ``"classes"``
+    (a semantic class map, one label value per scribble class, measured per class)."""
 
     name = "pixel-classifier"
     model: str = ""
@@ -69,7 +72,7 @@ class PixelClassifier(Method):
 
     @property
     def stitch_rule(self) -> str:
-        return "touch" if self.instances == "components" else "iou"
+        return {"components": "touch", "watershed": "iou", "classes": "class"}[self.instances]
 
     def check(self, ndim: int) -> None:
         try:
@@ -79,8 +82,8 @@ class PixelClassifier(Method):
         if not self.model or not os.path.exists(self.model):
             raise ParameterError(f"pixel classifier model '{self.model}' does not exist; train one with "
                                  "bigseg train-pixel-classifier and pass --model PATH")
-        if self.instances not in ("components", "watershed"):
-            raise ParameterError(f"instances must be 'components' or 'watershed', not '{self.instances}'")
+        if self.instances not in INSTANCES:
+            raise ParameterError(f"instances must be one of {', '.join(INSTANCES)}, not '{self.instances}'")
 
     def prepare(self, view) -> "PixelClassifier":
         from dataclasses import replace
@@ -104,16 +107,19 @@ class PixelClassifier(Method):
                                  "bigseg train-pixel-classifier")
         return content
 
-    def probability(self, block: np.ndarray) -> np.ndarray:
+    def probabilities(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Class probabilities (pixels, classes), the class numbers of the columns, and the foreground class."""
         model = _models.load(("pixel-classifier", os.path.abspath(self.model)), self.load)
         feats = features(block, model["sigma_min"], model["sigma_max"])
         clf = model["classifier"]
-        column = list(clf.classes_).index(model["foreground"])
-        return clf.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, column].reshape(block.shape)
+        return clf.predict_proba(feats.reshape(-1, feats.shape[-1])), clf.classes_, model["foreground"]
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from skimage.measure import label
-        fg = self.probability(block) > self.prob_thresh
+        proba, classes, foreground = self.probabilities(block)
+        if self.instances == "classes":
+            return np.asarray(classes)[np.argmax(proba, axis=1)].reshape(block.shape).astype(np.uint32)
+        fg = proba[:, list(classes).index(foreground)].reshape(block.shape) > self.prob_thresh
         if self.instances == "components":
             return label(fg, connectivity=block.ndim)
         return split_touching(fg, max(1, int(round(self.diameter / 4))))
