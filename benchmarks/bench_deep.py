@@ -4,8 +4,9 @@
     python benchmarks/bench_deep.py [--shape 2048,2048] [--workers 2] [--cellpose-model PATH] [--stardist-model DIR]
 
 Without model paths it trains the tests' small models first (about 1.5 minutes), offline. Prints a table of
-times, ratios and block-wise vs monolithic fidelity. (The comparison with cellpose.contrib.distributed_segmentation
-is not run yet: it needs dask-jobqueue and a shim for zarr 3's keyword-only ``zarr.open``.)
+times, ratios and block-wise vs monolithic fidelity. The Cellpose case also runs the peer,
+``cellpose.contrib.distributed_segmentation.distributed_eval`` (needs ``pip install dask-jobqueue``), on the same
+cluster, image, model, normalisation and block shape, through a shim for zarr 3's keyword-only ``zarr.open``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import zarr
 
 import bigseg
+import bigseg.io.ome
 from bigseg.methods import get_method
 from bigseg.synthetic import nuclei, write_ome_zarr
 
@@ -39,12 +41,45 @@ def monolithic(path: str, method, view_args=()) -> tuple[np.ndarray, float]:
     return labels, time.perf_counter() - t0
 
 
+def _normalize(image, method, crop=None):
+    """The peer's preprocessing step: bigseg's job-wide normalisation, so both feed the model the same input."""
+    return method.normalized(image)
+
+
+def peer_cellpose(client, path: str, method, block_shape, workdir: str) -> tuple[np.ndarray, float]:
+    """cellpose.contrib.distributed_segmentation on the same client; returns its labels and wall time."""
+    import types
+    try:
+        from cellpose.contrib import distributed_segmentation as peer
+    except ImportError as err:
+        raise SystemExit(f"peer not available ({err}); pip install dask-jobqueue") from None
+    # zarr 3 made zarr.open's mode keyword-only; the peer passes it positionally
+    peer.zarr = types.SimpleNamespace(open=lambda store, mode="a", **kw: zarr.open(store=store, mode=mode, **kw),
+                                      core=zarr.core)
+    image = zarr.open_array(path + "/s0", mode="r")
+    eval_kwargs = dict(diameter=method.diameter, flow_threshold=method.flow_threshold,
+                       cellprob_threshold=method.cellprob_threshold, normalize=False, channels=[0, 0])
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the peer writes worker logs into the current directory
+    try:
+        t0 = time.perf_counter()
+        out, _ = peer.distributed_eval(image, list(block_shape), os.path.join(workdir, "peer.zarr"),
+                                       preprocessing_steps=[(_normalize, {"method": method})],
+                                       model_kwargs={"pretrained_model": method.model, "gpu": False},
+                                       eval_kwargs=eval_kwargs, cluster=types.SimpleNamespace(client=client),
+                                       temporary_directory=workdir)
+        return out[:], time.perf_counter() - t0
+    finally:
+        os.chdir(cwd)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="2048,2048")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cellpose-model")
     ap.add_argument("--stardist-model")
+    ap.add_argument("--no-peer", action="store_true", help="skip cellpose.contrib.distributed_segmentation")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bigseg-bench-deep"))
     args = ap.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -59,7 +94,7 @@ def main():
     path = write_ome_zarr(os.path.join(args.dir, "deep.zarr"), image, "yx", (512, 512), version="0.5")
     cases = [("cellpose", {"model": cp_model, "diameter": 13}), ("stardist", {"model": sd_model})]
     from distributed import Client, LocalCluster
-    rows = []
+    rows, peers = [], []
     with LocalCluster(n_workers=args.workers, threads_per_worker=1) as cluster, Client(cluster) as client:
         for name, params in cases:
             ours = bigseg.segment(path, name, name=name, client=client, overwrite=True, **params)
@@ -69,13 +104,23 @@ def main():
             blocks_per_s = ours.blocks / ours.seconds["segment"]
             rows.append((name, ours, t_mono, m, blocks_per_s, match(truth, labels).f1))
             print(f"# {name}: {ours.summary()['seconds']}", flush=True)
+            if name == "cellpose" and not args.no_peer:
+                prepared = get_method(name, **params).prepare(bigseg.io.ome.open_image(path).view(0))
+                peer_labels, t_peer = peer_cellpose(client, path, prepared, ours.block_shape, args.dir)
+                peers.append((t_peer, ours.seconds["total"], match(ref, peer_labels), match(truth, peer_labels).f1))
     print(f"\n| method | bigseg s ({args.workers} workers, whole job) | monolithic s (model only) | speed-up | "
           f"blocks | blocks/s | F1 block-wise vs monolithic | splits | merges | F1 vs truth |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, ours, t_mono, m, bps, f1_truth in rows:
         print(f"| {name} | {ours.seconds['total']:.1f} | {t_mono:.1f} | {t_mono / ours.seconds['total']:.2f}x | "
               f"{ours.blocks} | {bps:.2f} | {m.f1:.4f} | {m.splits} | {m.merges} | {f1_truth:.3f} |")
+    for t_peer, t_ours, m, f1_truth in peers:
+        print(f"\n| cellpose, same blocks | peer s | bigseg s | bigseg speed-up | peer F1 vs monolithic | "
+              f"peer splits | peer merges | peer F1 vs truth |\n|---|---|---|---|---|---|---|---|\n"
+              f"| distributed_segmentation | {t_peer:.1f} | {t_ours:.1f} | {t_peer / t_ours:.2f}x | {m.f1:.4f} | "
+              f"{m.splits} | {m.merges} | {f1_truth:.3f} |")
 
 
 if __name__ == "__main__":
     main()
+

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 def segment(image, method: str = "watershed", name: str | None = None, *, client=None, scheduler: str | None = None,
             workers: int | None = None, gpus: int | str | None = None, level: int = 0, channel: int | None = None,
             timepoint: int | None = None, block=None, halo=None, output=None, overwrite: bool = False,
-            iou_threshold: float = 0.5,
+            iou_threshold: float = 0.5, skip_bad_blocks: bool = False,
             progress=None, **params) -> SegmentResult:
     """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
 
@@ -29,6 +29,10 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
         A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster (CPU
         workers, plus one worker per GPU: a count or ``"auto"``; default "auto" for ``gpu=True`` methods).
 
+    overwrite, skip_bad_blocks
+        Replace an existing label image (an unfinished job with the same settings is resumed without it);
+        leave blocks whose input cannot be read unlabelled instead of failing.
+
     Returns
     -------
     SegmentResult
@@ -42,7 +46,8 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
     from bigseg import cluster, pipeline
     spec = JobSpec(image=image, method=method, name=name, params=params, level=level, channel=channel,
                    timepoint=timepoint, block=tuple(block) if block is not None else None, halo=halo,
-                   output=output, overwrite=overwrite, iou_threshold=iou_threshold)
+                   output=output, overwrite=overwrite, iou_threshold=iou_threshold,
+                   skip_bad_blocks=skip_bad_blocks)
     if client is None and scheduler is None:  # check everything before a local cluster starts
         job = pipeline.plan(spec, workers or cluster.default_workers())
         if gpus is None and params.get("gpu"):

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 
 from bigseg.errors import BigsegError, ParameterError
 
@@ -56,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     seg.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
     seg.add_argument("--output", default=None, help="write a standalone label image here instead of IMAGE/labels")
-    seg.add_argument("--overwrite", action="store_true", help="replace an existing label image of that name")
+    seg.add_argument("--overwrite", action="store_true",
+                     help="replace an existing label image of that name (an unfinished job of the same settings "
+                     "is resumed without it)")
+    seg.add_argument("--skip-bad-blocks", action="store_true",
+                     help="leave blocks whose input cannot be read unlabelled (and report them) instead of failing")
     seg.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     m = seg.add_argument_group("method parameters")
     m.add_argument("--sigma", type=_floats, default=None, help="Gaussian smoothing in voxels (one or per axis)")
@@ -105,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         return {"demo": _demo, "info": _info, "segment": _segment,
                 "train-pixel-classifier": _train}[args.command](args)
     except BigsegError as err:
+        if args.verbose:
+            traceback.print_exc()
         print(f"bigseg: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bigseg: interrupted; the output is incomplete and is not listed as a label image", file=sys.stderr)
+        print("bigseg: interrupted; the output is marked incomplete (not a valid label image): run the same "
+              "command again to resume", file=sys.stderr)
         return 130
 
 
@@ -121,6 +129,7 @@ def _segment(args) -> int:
                             gpus=args.gpus,
                             level=args.level, channel=args.channel, timepoint=args.timepoint, block=args.block,
                             halo=halo, output=args.output, overwrite=args.overwrite,
+                            skip_bad_blocks=args.skip_bad_blocks,
                             iou_threshold=args.iou_threshold, progress=BarProgress(), **params)
     _report(result, args.json)
     return 0
@@ -140,17 +149,22 @@ def _report(result, as_json: bool) -> None:
 
 def _info(args) -> int:
     from bigseg.io.ome import open_image
+    from bigseg.io.labels import incomplete_labels
     image = open_image(args.image)
+    unfinished = incomplete_labels(image.url)
     info = {"image": image.url, "ngff": image.version, "zarr_format": image.zarr_format,
             "axes": [a.to_json() for a in image.axes],
             "levels": [{"path": lv.path, "shape": list(lv.shape), "chunks": list(lv.chunks), "dtype": lv.dtype,
                         "scale": list(lv.scale)} for lv in image.levels],
-            "labels": list(image.labels)}
+            "labels": list(image.labels), "incomplete_labels": unfinished}
     axes = ",".join(f"{a.name}" + (f"[{a.unit}]" if a.unit else "") for a in image.axes)
     print(f"{image.url}: OME-NGFF {image.version} (Zarr v{image.zarr_format}), axes {axes}")
     for i, lv in enumerate(image.levels):
         print(f"  level {i} '{lv.path}': shape {lv.shape} chunks {lv.chunks} {lv.dtype} scale {lv.scale}")
     print(f"  labels: {', '.join(image.labels) if image.labels else '(none)'}")
+    if unfinished:
+        print(f"  incomplete (unfinished jobs, not valid label images; rerun the job to resume): "
+              f"{', '.join(unfinished)}")
     if args.json:
         print(json.dumps(info))
     return 0

@@ -22,6 +22,7 @@ class JobSpec:
     overwrite: bool = False
     iou_threshold: float = 0.5
     keep_work: bool = False
+    skip_bad_blocks: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "image", os.fspath(self.image))

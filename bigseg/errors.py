@@ -15,3 +15,7 @@ class OutputError(BigsegError):
 
 class ParameterError(BigsegError):
     """A method, block or cluster parameter does not fit the image."""
+
+
+class BlockError(BigsegError):
+    """A block could not be processed (unreadable input, bad values, the method failed); names the block."""

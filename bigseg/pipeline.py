@@ -19,18 +19,20 @@ import zarr
 from bigseg import measure
 from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
 from bigseg.config import JobSpec
-from bigseg.errors import ParameterError
+from bigseg.errors import BigsegError, BlockError, ParameterError
 from bigseg.io import labels as label_io
+from bigseg.io import lock as lock_io
 from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.ome import ImageView, open_image
+from bigseg.journal import Journal, check_resumable, identity, run_and_record
 from bigseg.methods import Method, get_method
 from bigseg.methods._classical import per_axis
 from bigseg.progress import Progress
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
-from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
+from bigseg.segment_blocks import JobFiles, SegmentTask, region_text, segment_block
 from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, resolve_classes, touch_edges
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class SegmentResult:
     halo: tuple[int, ...]
     seconds: dict = field(default_factory=dict)
     voxels: int = 0
+    resumed: dict = field(default_factory=dict)
+    blocks_skipped: list = field(default_factory=list)
 
     @property
     def voxels_per_second(self) -> float:
@@ -64,29 +68,50 @@ class SegmentResult:
                 "blocks": self.blocks, "blocks_empty": self.blocks_empty, "dtype": self.dtype,
                 "threshold": self.threshold, "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
-                "voxels_per_second": round(self.voxels_per_second, 1)}
+                "voxels_per_second": round(self.voxels_per_second, 1), "resumed": self.resumed,
+                "blocks_skipped": self.blocks_skipped}
 
 
 class _Stages:
-    """Times stages and drives the progress observer."""
+    """Runs each stage's tasks (skipping those the journal records as finished), times stages and drives
+    the progress observer."""
 
-    def __init__(self, progress: Progress):
-        self.progress, self.seconds, self._t = progress, {}, None
+    def __init__(self, progress: Progress, journal: Journal, key: str):
+        self.progress, self.journal, self.key = progress, journal, key
+        self.seconds: dict[str, float] = {}
+        self.resumed: dict[str, int] = {}
 
-    def run(self, client, name: str, fn, tasks: list, key: str, resources=None, label: str | None = None) -> list:
+    def run(self, client, name: str, fn, tasks: list, step: str | None = None, resources=None,
+            label: str | None = None) -> list:
+        """Results of ``fn`` over ``tasks``, in order. Every task runs to the end before a failure is raised,
+        so that a resumed job redoes only the tasks that failed."""
         t0 = time.perf_counter()
+        step = step or name
         self.progress.stage(label or name, len(tasks))
-        results = [None] * len(tasks)
-        if tasks:
+        done = self.journal.finished(step) if tasks else {}
+        results = [done.get(i) for i in range(len(tasks))]
+        if done:
+            self.resumed[step] = len(done)
+            self.progress.advance(len(done))
+        todo = [i for i in range(len(tasks)) if i not in done]
+        failures = []
+        if todo:
             from distributed import as_completed
-            futures = client.map(fn, tasks, key=[f"bigseg-{name}-{key}-{i}" for i in range(len(tasks))],
+            futures = client.map(run_and_record, [fn] * len(todo), [tasks[i] for i in todo],
+                                 [self.journal.record_url(step, i) for i in todo],
+                                 key=[f"bigseg-{step}-{self.key}-{i}" for i in todo],
                                  retries=RETRIES, resources=resources, pure=False)
-            index = {f.key: i for i, f in enumerate(futures)}
+            index = dict(zip((f.key for f in futures), todo))
             for fut in as_completed(futures):
-                results[index[fut.key]] = fut.result()
+                try:
+                    results[index[fut.key]] = fut.result()
+                except Exception as err:  # noqa: BLE001 - reported together below
+                    failures.append((index[fut.key], err))
                 self.progress.advance()
         self.progress.end()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        if failures:
+            raise _stage_error(name, tasks, sorted(failures, key=lambda f: f[0]))
         return results
 
     def local(self, name: str):
@@ -111,6 +136,7 @@ class Plan:
     grid: BlockGrid
     target: label_io.LabelTarget
     min_size: int
+    resume: bool = False
 
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
@@ -124,89 +150,145 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     if spec.block is not None:
         plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.block)  # checks the block shape
     target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
+    lock_io.check_free(target.url)
+    recorded = None
+    if not spec.overwrite and label_io.state(target.url) == "incomplete":
+        recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
+    check_values(view)
     method = method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = method.halo(view.ndim) if spec.halo is None else \
         tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
-    grid = plan_grid(view.shape, view.chunks, halo, spec.block, budget, method.alignment(view.ndim))
+    block = spec.block or (tuple(recorded["block"]) if recorded else None)  # the default may depend on workers
+    grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim))
     if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "give --halo 1 or more")
-    return Plan(spec, view, method, grid, target, method.object_min_size(view.ndim))
+    job = Plan(spec, view, method, grid, target, method.object_min_size(view.ndim), recorded is not None)
+    if recorded is not None:
+        check_resumable(recorded, identity(job), target.url)
+    return job
+
+
+def check_values(view: ImageView) -> None:
+    """Refuse NaN / inf and constant images (from the job's sample) before anything is written."""
+    from bigseg.errors import InputError
+    from bigseg.methods._sample import job_sample
+    sample = job_sample(view)
+    if not np.isfinite(sample).all():
+        raise InputError(f"{view.image.url} contains NaN or infinite values; replace them (e.g. with 0) before "
+                         "segmenting")
+    lo, hi = float(sample.min()), float(sample.max())
+    if lo == hi and hi != 0:
+        raise InputError(f"{view.image.url} is constant ({hi:g} everywhere): there is nothing to segment; check "
+                         "--channel / --level")
 
 
 def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
-    """Run a planned job on ``client``; the label image becomes visible only when everything is written."""
-    progress = progress or Progress()
-    stages = _Stages(progress)
+    """Run a planned job on ``client``, resuming it if its output holds the same job unfinished; the label
+    image becomes visible only when everything is written."""
+    with lock_io.JobLock(plan.target.url):
+        return _run(plan, client, progress or Progress())
+
+
+def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
     t_start = time.perf_counter()
-    key = uuid.uuid4().hex[:8]
-    spec, view, method, grid, target, min_size = (plan.spec, plan.view, plan.method, plan.grid, plan.target,
-                                                  plan.min_size)
-    image = view.image
+    spec, view, method, grid, target = plan.spec, plan.view, plan.method, plan.grid, plan.target
+    files, journal = JobFiles(target.work_url), Journal(target.work_url)
+    stages = _Stages(progress, journal, uuid.uuid4().hex[:8])
     with stages.local("plan"):
-        label_io.start(target, spec.overwrite)
-        files = JobFiles(target.work_url)
-        zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
-                          chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
-    progress.message(f"bigseg: {image.url} level {spec.level} {view.shape} in {len(grid)} blocks of "
-                     f"{grid.block_shape} (halo {grid.halo}), method {method.name}")
+        if not plan.resume:
+            label_io.start(target)
+            zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
+                              chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
+            journal.start(identity(plan))  # from here on, the job can be resumed
+    progress.message(f"bigseg: {view.image.url} level {spec.level} {view.shape} in {len(grid)} blocks of "
+                     f"{grid.block_shape} (halo {grid.halo}), method {method.name}"
+                     + (" (resuming an unfinished job)" if plan.resume else ""))
     if getattr(client, "dashboard_link", None):
         progress.message(f"bigseg: Dask dashboard {client.dashboard_link}")
 
     blocks = list(grid)
-    tasks = [SegmentTask(view, method, grid, b, files, min_size, method.stitch_rule == "iou") for b in blocks]
-    summaries = stages.run(client, "segment", segment_block, tasks, key, resources=method.resources())
+    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, method.stitch_rule == "iou",
+                         spec.skip_bad_blocks) for b in blocks]
+    summaries = stages.run(client, "segment", segment_block, tasks, resources=method.resources())
+    skipped = [s.error for s in summaries if s.error]
+    if skipped:
+        progress.message(f"bigseg: skipped {len(skipped)} unreadable block(s), left unlabelled: "
+                         + "; ".join(skipped))
     by_id = {s.block_id: s for s in summaries}
 
-    lookup = _stitch(plan, client, stages, files, summaries, key)
+    lookup = _stitch(plan, client, stages, files, summaries)
     dtype = label_io.label_dtype(lookup.n_objects)
     if dtype != np.uint32:
         log.warning("%d objects do not fit uint32: writing uint64 labels", lookup.n_objects)
-        progress.message(f"bigseg: {lookup.n_objects} objects do not fit uint32; labels are uint64")
+        progress.message(f"bigseg: {lookup.n_objects} objects do not fit uint32; labels are uint64 "
+                         "(some viewers cannot show 64-bit labels)")
 
     levels = label_io.create_levels(target, view, dtype)
     relabel_tasks = [RelabelTask(b, files.fragments, target.url, target.level_path(0), target.zarr_format,
                                  lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
                                  int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
                      for b in blocks if by_id[b.id].n_fragments]
-    stages.run(client, "relabel", relabel_block, relabel_tasks, key)
+    stages.run(client, "relabel", relabel_block, relabel_tasks)
 
     for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
                                       target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
                        for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run(client, "pyramid", downsample, level_tasks, f"{key}-l{i}", label=f"level {i}")
+        stages.run(client, "pyramid", downsample, level_tasks, step=f"pyramid-{i}", label=f"level {i}")
 
+    table_moved = journal.finished("table")
     channel_names = tuple(f"c{c}" for c in range(view.n_channels))
     table_args = (view.scale, view.translation, view.shape, channel_names)
-    with stages.local("measure"):
-        df = measure.table(lookup.boundary_partials, lookup.boundary_labels,
-                           lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
-        table_io.write_part(df, table_io.part_url(files.table_parts, 0))
-    measure_tasks = [measure.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
-                                         int(lookup.interior_base[b.id]) + 1, *table_args)
-                     for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
-    stages.run(client, "measure", measure.measure_block, measure_tasks, key)
+    if not table_moved:
+        with stages.local("measure"):
+            df = measure.table(lookup.boundary_partials, lookup.boundary_labels,
+                               lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
+            table_io.write_part(df, table_io.part_url(files.table_parts, 0))
+        measure_tasks = [measure.MeasureTask(files.interior_stats(b.id),
+                                             table_io.part_url(files.table_parts, b.id + 1),
+                                             int(lookup.interior_base[b.id]) + 1, *table_args)
+                         for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
+        stages.run(client, "measure", measure.measure_block, measure_tasks)
 
     with stages.local("finalize"):
         write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
                       target.qc_url)
-        store.remove(target.table_url)
-        store.move(files.table_parts, target.table_url)
+        if not table_moved:  # the table reaches its final path whole, once
+            store.remove(target.table_url)
+            store.move(files.table_parts, target.table_url)
+            journal.mark("table")
+        label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
+                                                      "table": "measurements.parquet",
+                                                      "blocks_skipped": skipped})
         if not spec.keep_work:
             store.remove(files.work_url)
-        label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
-                                                      "table": "measurements.parquet"})
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
         labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
         threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
-        seconds=stages.seconds, voxels=math.prod(view.shape))
+        seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped)
 
 
-def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: list, key: str):
+def _stage_error(name: str, tasks: list, failures: list) -> Exception:
+    """One error for a stage's failed tasks: the first, named, with how many failed and what was kept."""
+    from distributed import KilledWorker
+    i, err = failures[0]
+    what = f"block {tasks[i].block.id} {region_text(tasks[i].block.core)}" if hasattr(tasks[i], "block") else \
+        f"{name} task {i}"
+    if isinstance(err, KilledWorker):
+        err = BlockError(f"{what}: the workers running it died {RETRIES + 1} times (out of memory?); use a "
+                         "smaller --block or workers with more memory")
+    elif not isinstance(err, BigsegError):
+        return err  # a bug: keep its traceback
+    more = f" ({len(failures)} of {len(tasks)} {name} tasks failed)" if len(failures) > 1 else ""
+    return BlockError(f"{err}{more}; the {len(tasks) - len(failures)} finished tasks are kept: fix the cause and "
+                      "run the same command again to resume")
+
+
+def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: list):
     """The stitch stage by the method's rule: edges from face tasks on the workers, resolved on the client."""
     grid, view, rule = plan.grid, plan.view, plan.method.stitch_rule
     if rule == "class":
@@ -219,7 +301,7 @@ def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: lis
         # contacts across edges and corners with blocks beside the other side
         tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
                  if by_id[grid.flat_id(low)].n_boundary or by_id[grid.flat_id(_next(low, axis))].n_boundary]
-        edges = stages.run(client, "stitch", touch_edges, tasks, key)
+        edges = stages.run(client, "stitch", touch_edges, tasks)
     else:
         tasks = []
         for a, off in grid.neighbour_pairs():
@@ -227,7 +309,7 @@ def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: lis
             if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
                 tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
                                          sa.n_fragments, sb.n_fragments, plan.spec.iou_threshold))
-        edges = stages.run(client, "stitch", overlap_edges, tasks, key)
+        edges = stages.run(client, "stitch", overlap_edges, tasks)
     with stages.local("stitch"):
         return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
                        view.n_channels)

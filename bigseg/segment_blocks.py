@@ -15,6 +15,7 @@ import skimage.measure
 
 from bigseg import measure
 from bigseg.blocks import Block, BlockGrid, intersect, shift
+from bigseg.errors import BigsegError, BlockError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
 from bigseg.methods.base import Method
@@ -51,6 +52,7 @@ class SegmentTask:
     files: JobFiles
     min_size: int
     keep_halo: bool
+    skip_unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,31 @@ class BlockSummary:
     n_boundary: int
     boundary: dict
     seconds: float
+    error: str | None = None  # why the block was skipped (unreadable input, with --skip-bad-blocks)
 
 
 def segment_block(task: SegmentTask) -> BlockSummary:
     t0 = time.perf_counter()
     block, grid = task.block, task.grid
+    where = f"block {block.id} {region_text(block.extended)}"
+    try:
+        extended = _read(task.view, block.extended)
+    except Exception as err:  # noqa: BLE001 - corrupt, truncated or missing chunks
+        message = f"{where}: cannot read the input ({type(err).__name__}: {err})"
+        if task.skip_unreadable:
+            return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0, message)
+        raise BlockError(message + "; repair the image, or pass --skip-bad-blocks to leave such blocks "
+                         "unlabelled") from err
+    if extended.dtype.kind == "f" and not np.isfinite(extended).all():
+        raise BlockError(f"{where}: the image has NaN or infinite values here; replace them (e.g. with 0) "
+                         "before segmenting")
     task.method.setup()
-    extended = task.view.read(block.extended)
-    labels = np.asarray(task.method(extended))
+    try:
+        labels = np.asarray(task.method(extended))
+    except BigsegError:
+        raise
+    except Exception as err:
+        raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from err
     core_slc = block.core_in_extended
     core = labels[core_slc]
     if task.method.stitch_rule == "class":
@@ -89,6 +108,21 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
     return BlockSummary(block.id, n, k, measure.take(partials, slice(0, k)), time.perf_counter() - t0)
+
+
+def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.ndarray:
+    """Read a region, retrying transient I/O errors (a flaky network file system or object store)."""
+    for attempt in range(attempts):
+        try:
+            return view.read(region)
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+
+
+def region_text(region: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
 def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:

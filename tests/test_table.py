@@ -60,8 +60,8 @@ def test_table_equals_regionprops_on_stitched_labels(client, tmp_path, ndim):
     assert table["blocks_spanned"].max() <= 8 if ndim == 3 else 4
 
 
-def test_table_has_its_columns_when_no_object_is_found(client, tmp_path):
-    path = write_image(tmp_path / "flat.zarr", np.full((16, 64, 64), 7, np.uint16), "zyx", (8, 32, 32), levels=2)
+def test_an_empty_image_gives_an_empty_label_image_and_a_table_with_its_columns(client, tmp_path):
+    path = write_image(tmp_path / "flat.zarr", np.zeros((16, 64, 64), np.uint16), "zyx", (8, 32, 32), levels=2)
     res = bigseg.segment(path, "threshold", name="none", client=client)
     assert res.objects == 0 and res.blocks_empty == res.blocks
     table = pd.read_parquet(res.table)

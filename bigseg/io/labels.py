@@ -10,6 +10,7 @@ import zarr
 
 from bigseg.errors import OutputError
 from bigseg.io import store
+from bigseg.io.lock import LOCK_NAME
 from bigseg.io.ome import ImageView, normalize_url, ome_attrs, open_group
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -57,20 +58,35 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
                              image.url, True)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
-    if store.exists(target.url) and not overwrite:
-        state = "an incomplete result of a job that did not finish" if _is_incomplete(target) else "there"
-        raise OutputError(f"{target.url} already exists ({state}); pass --overwrite to replace it, or choose "
+    if not overwrite and state(target.url) in ("complete", "other"):
+        raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose "
                           "another --name / --output")
     _check_writable(target)
     return target
 
 
-def _is_incomplete(target: LabelTarget) -> bool:
+def state(url: str) -> str:
+    """``"absent"``, ``"incomplete"`` (a bigseg job that has not finished), ``"complete"`` or ``"other"``."""
+    if not store.exists(url):
+        return "absent"
     try:
-        group = open_group(target.url, mode="r", zarr_format=target.zarr_format)
-    except Exception:  # not even a group: certainly not a finished label image
-        return True
-    return group.attrs.get("bigseg", {}).get("status") == "incomplete"
+        group = zarr.open_group(store=url, mode="r")
+    except Exception:  # a folder holding only a job's lock or work files
+        fs, path = store.filesystem(url)
+        names = {n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)}
+        return "incomplete" if names <= {".bigseg-lock", ".bigseg-work"} else "other"
+    status = group.attrs.get("bigseg", {}).get("status")
+    return status if status in ("incomplete", "complete") else ("complete" if ome_attrs(group)[1] else "other")
+
+
+def incomplete_labels(image_url: str) -> list[str]:
+    """Names of label groups under ``IMAGE/labels`` whose job has not finished (not listed, not valid)."""
+    url = store.join(image_url, "labels")
+    if not store.exists(url):
+        return []
+    fs, path = store.filesystem(url)
+    names = sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False) if fs.isdir(n))
+    return [n for n in names if state(store.join(url, n)) == "incomplete"]
 
 
 def _check_writable(target: LabelTarget) -> None:
@@ -79,25 +95,33 @@ def _check_writable(target: LabelTarget) -> None:
     parent = os.path.dirname(os.path.abspath(target.url))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot write to {target.url}: {parent} is a file, not a folder; choose another "
+                          "--output")
     if not os.access(parent, os.W_OK):
         hint = "; use --output to write the labels elsewhere" if target.in_image else ""
         raise OutputError(f"cannot write to {parent}: permission denied{hint}")
 
 
-def start(target: LabelTarget, overwrite: bool) -> None:
-    """Remove what ``--overwrite`` replaces, then create the group, marked incomplete, without OME metadata."""
-    if overwrite:
-        _unlist(target)
-        store.remove(target.url)
+def start(target: LabelTarget) -> None:
+    """Clear the output (all but the job's lock), then create the group, marked incomplete, without OME
+    metadata."""
+    _unlist(target)
+    fs, path = store.filesystem(target.url)
+    if fs.exists(path):
+        for child in fs.ls(path, detail=False):
+            if child.rstrip("/").rsplit("/", 1)[-1] != LOCK_NAME:
+                fs.rm(child, recursive=True)
     try:
-        zarr.open_group(store=target.url, mode="w", zarr_format=target.zarr_format,
+        zarr.open_group(store=target.url, mode="a", zarr_format=target.zarr_format,  # "w" would delete the lock
                         attributes={"bigseg": {"status": "incomplete"}})
     except (PermissionError, OSError) as err:
         raise OutputError(f"cannot write to {target.url}: {err.strerror or err}") from None
 
 
 def create_levels(target: LabelTarget, view: ImageView, dtype: np.dtype) -> list[zarr.Array]:
-    """Empty pyramid levels, one per image level from the segmented one down, chunked like the image."""
+    """Empty pyramid levels, one per image level from the segmented one down, chunked like the image (a
+    resumed job keeps the levels it had already created)."""
     group = open_group(target.url, mode="r+", zarr_format=target.zarr_format)
     arrays = []
     axes = list(view.image.spatial_axes)
@@ -109,7 +133,11 @@ def create_levels(target: LabelTarget, view: ImageView, dtype: np.dtype) -> list
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         else:
             kwargs["dimension_names"] = axes
-        arrays.append(group.create_array(**kwargs))
+        existing = group.get(kwargs["name"])
+        if existing is not None and existing.shape == lv.shape and existing.dtype == dtype:
+            arrays.append(existing)
+        else:
+            arrays.append(group.create_array(**kwargs, overwrite=True))
     return arrays
 
 
@@ -169,7 +197,11 @@ def _unlist(target: LabelTarget) -> None:
         _set_labels(group, target.version, [n for n in ome["labels"] if n != target.name])
 
 
+#: The largest id a uint32 label image holds.
+MAX_UINT32_ID = 2**32 - 1
+
+
 def label_dtype(n_objects: int) -> np.dtype:
     """uint32 while ids fit (JS viewers cannot read 64-bit labels), else uint64."""
-    return np.dtype(np.uint32) if n_objects < 2**32 else np.dtype(np.uint64)
+    return np.dtype(np.uint32) if n_objects <= MAX_UINT32_ID else np.dtype(np.uint64)
 

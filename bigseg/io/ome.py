@@ -197,6 +197,9 @@ def open_image(url: str) -> OmeImage:
         raise InputError(f"{url}: not a Zarr group ({type(err).__name__}); "
                          "convert the image to OME-Zarr first, e.g. with bioformats2raw") from None
     ome, version = ome_attrs(group)
+    if group.attrs.get("bigseg", {}).get("status") == "incomplete":
+        raise InputError(f"{url}: an unfinished bigseg output (its job did not finish), not a valid image; run "
+                         "the job again to resume it")
     if version is None or "multiscales" not in ome:
         raise InputError(f"{url}: Zarr group without OME-NGFF 'multiscales' metadata; "
                          "convert the image to OME-Zarr first, e.g. with bioformats2raw")
@@ -218,6 +221,12 @@ def open_image(url: str) -> OmeImage:
             raise InputError(f"{url}/{ds['path']}: the array has {arr.ndim} dimensions but the metadata "
                              f"names {len(axes)} axes {names}; fix the metadata")
         scale, translation = _transform(ds.get("coordinateTransformations", []), len(axes))
+        if len(scale) != len(axes) or len(translation) != len(axes):
+            raise InputError(f"{url}/{ds['path']}: the metadata's scale/translation has {len(scale)}/"
+                             f"{len(translation)} values for {len(axes)} axes {names}; fix the metadata")
+        if levels and any(s > p for s, p in zip(arr.shape, levels[-1].shape)):
+            raise InputError(f"{url}/{ds['path']}: level shape {tuple(arr.shape)} is larger than the level above "
+                             f"it {levels[-1].shape}; the metadata lists the levels in the wrong order or is wrong")
         scale = tuple(s * g for s, g in zip(scale, global_scale[0]))
         translation = tuple(t * g + gt for t, g, gt in zip(translation, global_scale[0], global_scale[1]))
         chunks = arr.shards if getattr(arr, "shards", None) else arr.chunks

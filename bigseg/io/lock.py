@@ -1,0 +1,125 @@
+"""One job per output: a lock file inside the label group that a crashed holder cannot keep forever.
+
+The holder rewrites the lock's heartbeat every :data:`HEARTBEAT_S` seconds. A lock is stale (and is
+taken over) when its holder is a process of this machine that no longer exists, or when its heartbeat
+is older than :data:`STALE_S` (a holder on another machine that stopped).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from bigseg.errors import OutputError
+from bigseg.io import store
+
+HEARTBEAT_S = 10.0
+STALE_S = 120.0
+LOCK_NAME = ".bigseg-lock"
+
+
+class JobLock:
+    """``with JobLock(label_url):`` holds the output for one job, or raises :class:`OutputError`."""
+
+    def __init__(self, label_url: str):
+        self.url = store.join(label_url, LOCK_NAME)
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _content(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "heartbeat": time.time()}).encode()
+
+    def acquire(self) -> "JobLock":
+        for _ in range(2):
+            if self._create():
+                self._thread = threading.Thread(target=self._beat, name="bigseg-lock", daemon=True)
+                self._thread.start()
+                return self
+            holder = read(self.url)
+            if holder is not None and not is_stale(holder):
+                raise OutputError(_held(os.path.dirname(self.url), holder))
+            store.remove(self.url)  # a crashed holder's lock: take it over
+        raise OutputError(f"cannot take the lock {self.url}; another job is starting on the same output")
+
+    def _create(self) -> bool:
+        fs, path = store.filesystem(self.url)
+        try:
+            fs.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot write to {os.path.dirname(self.url)}: {err.strerror or err}") from None
+        if getattr(fs, "local_file", False) or fs.protocol in ("file", ("file", "local")):
+            try:  # atomic on local and network file systems
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._content())
+            return True
+        if fs.exists(path):  # object stores: create, then check that we won
+            return False
+        store.save_bytes(self.url, self._content())
+        return (read(self.url) or {}).get("token") == self.token
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                if (read(self.url) or {}).get("token") == self.token:
+                    store.save_bytes(self.url, self._content())
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (read(self.url) or {}).get("token") == self.token:
+            store.remove(self.url)
+
+    def __enter__(self) -> "JobLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_free(label_url: str) -> None:
+    """Raise :class:`OutputError` if a live job holds ``label_url`` (stale locks do not count)."""
+    holder = read(store.join(label_url, LOCK_NAME))
+    if holder is not None and not is_stale(holder):
+        raise OutputError(_held(label_url, holder))
+
+
+def _held(label_url: str, holder: dict) -> str:
+    return (f"{label_url} is being written by another bigseg job (pid {holder.get('pid')} on "
+            f"{holder.get('host')}); wait for it to finish, or use another --name / --output")
+
+
+def read(url: str) -> dict | None:
+    """The lock's content (``None`` if there is no lock); a lock still being written counts as fresh."""
+    fs, path = store.filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:
+        try:
+            return {"heartbeat": os.path.getmtime(path) if os.path.exists(path) else time.time()}
+        except OSError:
+            return None
+
+
+def is_stale(holder: dict) -> bool:
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            pass
+    return time.time() - float(holder.get("heartbeat", 0)) > STALE_S
