@@ -28,6 +28,7 @@ from bigseg.io.ome import ImageView, open_image
 from bigseg.journal import Journal, check_resumable, identity, run_and_record
 from bigseg.methods import Method, get_method
 from bigseg.methods._classical import per_axis
+from bigseg.methods._sample import clear_sample_cache
 from bigseg.progress import Progress
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
@@ -154,7 +155,8 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     recorded = None
     if not spec.overwrite and label_io.state(target.url) == "incomplete":
         recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
-    check_values(view)
+    clear_sample_cache()  # the sample is read once per job, never reused from an earlier one
+    check_values(view, spec.skip_bad_blocks)
     method = method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = method.halo(view.ndim) if spec.halo is None else \
         tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
@@ -170,11 +172,15 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     return job
 
 
-def check_values(view: ImageView) -> None:
-    """Refuse NaN / inf and constant images (from the job's sample) before anything is written."""
+def check_values(view: ImageView, skip_unreadable: bool = False) -> None:
+    """Refuse unreadable, NaN / inf and constant images (from the job's sample) before anything is written."""
     from bigseg.errors import InputError
-    from bigseg.methods._sample import job_sample
-    sample = job_sample(view)
+    from bigseg.methods._sample import job_sample, sample_failures
+    failures, sample = sample_failures(view), job_sample(view)
+    if failures and (not skip_unreadable or sample.size == 0):
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise InputError(f"{view.image.url}: cannot read {failures[0]}{more}; the image is corrupt or its metadata "
+                         "is wrong: repair it, or pass --skip-bad-blocks to leave unreadable blocks unlabelled")
     if not np.isfinite(sample).all():
         raise InputError(f"{view.image.url} contains NaN or infinite values; replace them (e.g. with 0) before "
                          "segmenting")

@@ -2,6 +2,7 @@
 once per job on the client, so that the blocking never changes them."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,8 +15,23 @@ SAMPLE_VOXELS = 2**24
 
 
 def job_sample(view) -> np.ndarray:
-    """The segmented channel at the finest level small enough to read whole (a subsample if none is):
-    the data job-wide values (threshold, normalisation) are computed from, once, whatever the blocking."""
+    """The segmented channel's voxels (flat, float32) at the finest level small enough to read whole (a
+    subsample if none is): the data job-wide values (threshold, normalisation) are computed from, once,
+    whatever the blocking. Unreadable chunks are left out (see :func:`sample_failures`)."""
+    return _sample(view)[0]
+
+
+def sample_failures(view) -> tuple[str, ...]:
+    """The regions of the sample that could not be read (corrupt chunks, metadata that lies), with why."""
+    return _sample(view)[1]
+
+
+def clear_sample_cache() -> None:
+    _sample.cache_clear()
+
+
+@functools.lru_cache(maxsize=4)
+def _sample(view) -> tuple[np.ndarray, tuple[str, ...]]:
     image = view.image
     for level in range(view.level, len(image.levels)):
         small = image.view(level, view.channel, view.timepoint)
@@ -23,9 +39,20 @@ def job_sample(view) -> np.ndarray:
             break
     if math.prod(small.shape) > SAMPLE_VOXELS:  # no small level: a regular subsample
         step = math.ceil((math.prod(small.shape) / SAMPLE_VOXELS) ** (1 / small.ndim))
-        return np.asarray(open_array(*small.array_url)[small.index(tuple(slice(None, None, step)
-                                                                         for _ in small.shape))], np.float32)
-    return small.read(tuple(slice(0, s) for s in small.shape)).astype(np.float32)
+        region = tuple(slice(None, None, step) for _ in small.shape)
+        try:
+            return np.asarray(open_array(*small.array_url)[small.index(region)], np.float32).ravel(), ()
+        except Exception as err:  # noqa: BLE001 - corrupt chunks, metadata that lies about dtype or shape
+            return np.zeros(0, np.float32), (f"a subsample of level {level} ({type(err).__name__}: {err})",)
+    parts, failures = [], []
+    for tile in np.ndindex(*(math.ceil(s / c) for s, c in zip(small.shape, small.chunks))):
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(tile, small.chunks, small.shape))
+        try:  # chunk by chunk, so that one bad chunk is named and the rest still count
+            parts.append(small.read(region).astype(np.float32).ravel())
+        except Exception as err:  # noqa: BLE001
+            where = ", ".join(f"{r.start}:{r.stop}" for r in region)
+            failures.append(f"level {level} region [{where}] ({type(err).__name__}: {err})")
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), tuple(failures)
 
 
 def global_threshold(view, method: str = "otsu") -> float:
