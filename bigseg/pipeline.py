@@ -285,8 +285,8 @@ def _stage_error(name: str, tasks: list, failures: list) -> Exception:
     what = f"block {tasks[i].block.id} {region_text(tasks[i].block.core)}" if hasattr(tasks[i], "block") else \
         f"{name} task {i}"
     if isinstance(err, KilledWorker):
-        err = BlockError(f"{what}: the workers running it died {RETRIES + 1} times (out of memory?); use a "
-                         "smaller --block or workers with more memory")
+        err = BlockError(f"{what}: the workers running it died repeatedly (out of memory?); use a smaller "
+                         "--block or workers with more memory")
     elif not isinstance(err, BigsegError):
         return err  # a bug: keep its traceback
     more = f" ({len(failures)} of {len(tasks)} {name} tasks failed)" if len(failures) > 1 else ""
