@@ -186,6 +186,7 @@ def test_a_second_job_on_the_same_output_is_refused_and_a_stale_lock_is_taken_ov
     from bigseg.io import lock
     path, ref = reference
     out = str(tmp_path / "out.zarr")
+    before = checksums(path)
     args = [path, "--output", out, "--block", "48,32,32", "--workers", "2"]
     proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -205,6 +206,7 @@ def test_a_second_job_on_the_same_output_is_refused_and_a_stale_lock_is_taken_ov
     third = _run(*args)  # ... and is taken over: the job resumes and finishes
     assert third.returncode == 0, third.stderr
     _assert_identical(out, ref)
+    assert checksums(path) == before
 
 
 def test_a_lock_held_elsewhere_is_honoured_until_its_heartbeat_stops(tmp_path):
@@ -230,6 +232,7 @@ def test_transient_errors_are_retried_and_change_nothing(client, tmp_path):
     path = write_image(tmp_path / "img.zarr", image, "yx", (32, 32), levels=1)
     attempts = tmp_path / "attempts"
     attempts.mkdir()
+    before = checksums(path)
     plain = bigseg.segment(path, "threshold", output=str(tmp_path / "plain.zarr"), client=client, block=(32, 32))
     flaky = bigseg.segment(path, FlakyThreshold(log_dir=str(attempts)), output=str(tmp_path / "flaky.zarr"),
                            client=client, block=(32, 32))
@@ -238,6 +241,7 @@ def test_transient_errors_are_retried_and_change_nothing(client, tmp_path):
         keys.setdefault(name.rsplit("-", 1)[0], []).append(name)
     assert flaky.blocks == 9 and all(len(v) >= 2 for v in keys.values())  # each failed once, then succeeded
     assert np.array_equal(_read(flaky.labels)[0], _read(plain.labels)[0])
+    assert checksums(path) == before
 
 
 def test_a_block_that_always_fails_is_named_after_the_others_are_kept(client, tmp_path):
