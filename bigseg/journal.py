@@ -54,10 +54,6 @@ class Journal:
     def record_url(self, step: str, i: int) -> str:
         return store.join(self.work_url, "done", step, f"{i}.pkl")
 
-    def mark(self, step: str) -> None:
-        """Record a step done on the client (one without tasks)."""
-        store.save_bytes(self.record_url(step, 0), pickle.dumps(True))
-
     def finished(self, step: str) -> dict[int, object]:
         """Results of the tasks of ``step`` already finished (task index -> result)."""
         folder = store.join(self.work_url, "done", step)

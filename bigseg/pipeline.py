@@ -244,10 +244,11 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
                        for r in regions(levels[i].shape, levels[i].chunks)]
         stages.run(client, "pyramid", downsample, level_tasks, step=f"pyramid-{i}", label=f"level {i}")
 
-    table_moved = journal.finished("table")
+    # a resumed job whose table was already moved into place has nothing left to measure
+    published = store.exists(target.table_url) and not store.exists(files.table_parts)
     channel_names = tuple(f"c{c}" for c in range(view.n_channels))
     table_args = (view.scale, view.translation, view.shape, channel_names)
-    if not table_moved:
+    if not published:
         with stages.local("measure"):
             df = measure.table(lookup.boundary_partials, lookup.boundary_labels,
                                lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
@@ -261,10 +262,8 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
     with stages.local("finalize"):
         write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
                       target.qc_url)
-        if not table_moved:  # the table reaches its final path whole, once
-            store.remove(target.table_url)
-            store.move(files.table_parts, target.table_url)
-            journal.mark("table")
+        if not published:
+            store.publish(files.table_parts, target.table_url)
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
                                                       "blocks_skipped": skipped})

@@ -28,10 +28,18 @@ def remove(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def move(src: str, dst: str) -> None:
+def publish(src: str, dst: str) -> None:
+    """Move folder ``src`` to ``dst``, which does not exist yet: one atomic rename on a local disk. Object
+    stores have no rename: there the files move one by one, and an interrupted publish resumes where it
+    stopped (files already at ``dst`` stay)."""
     fs, src_path = filesystem(src)
     _, dst_path = filesystem(dst)
-    fs.mv(src_path, dst_path, recursive=True)
+    if not fs.exists(dst_path):
+        fs.mv(src_path, dst_path, recursive=True)
+        return
+    for name in fs.find(src_path):
+        fs.mv(name, posixpath.join(dst_path, posixpath.relpath(name, src_path)))
+    fs.rm(src_path, recursive=True)
 
 
 def save_arrays(url: str, arrays: dict[str, np.ndarray]) -> None:
