@@ -141,6 +141,12 @@ def _report(result, as_json: bool) -> None:
     print(f"table    {s['table']}")
     print(f"qc       {s['qc']}  (outlines over the image, middle plane)")
     print(f"blocks   {s['blocks']} ({s['blocks_empty']} empty), block {tuple(s['block'])}, halo {tuple(s['halo'])}")
+    if s["resumed"]:
+        print("resumed  reused the tasks an earlier run had finished: "
+              + ", ".join(f"{step} {n}" for step, n in s["resumed"].items()))
+    if s["blocks_skipped"]:
+        print(f"skipped  {len(s['blocks_skipped'])} unreadable block(s) left unlabelled (listed in the label's "
+              "bigseg metadata)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items() if k != "total")
     print(f"time     {s['seconds']['total']:.1f}s ({stages}); {s['voxels_per_second'] / 1e6:.2f} Mvoxel/s")
     if as_json:
