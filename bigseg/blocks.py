@@ -13,6 +13,11 @@ from bigseg.errors import ParameterError
 DEFAULT_BLOCK_VOXELS = 2**25
 
 
+def region_text(region: tuple[slice, ...]) -> str:
+    """A region as users read it in messages: ``[0:16, 32:64]``."""
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+
+
 @dataclass(frozen=True)
 class Block:
     """One block: its grid index, its core (owned voxels) and its extended (core + halo) region."""

@@ -44,9 +44,7 @@ class Journal:
     def recorded_identity(self) -> dict | None:
         if not store.exists(self.job_url):
             return None
-        fs, path = store.filesystem(self.job_url)
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(store.load_bytes(self.job_url))
 
     def start(self, ident: dict) -> None:
         store.save_bytes(self.job_url, json.dumps(ident, indent=1).encode())
@@ -59,14 +57,8 @@ class Journal:
         folder = store.join(self.work_url, "done", step)
         if not store.exists(folder):
             return {}
-        fs, path = store.filesystem(folder)
-        out = {}
-        for name in fs.ls(path, detail=False):
-            base = name.rsplit("/", 1)[-1]
-            if base.endswith(".pkl"):
-                with fs.open(name, "rb") as f:
-                    out[int(base[:-4])] = pickle.load(f)
-        return out
+        return {int(name[:-4]): pickle.loads(store.load_bytes(store.join(folder, name)))
+                for name in store.children(folder) if name.endswith(".pkl")}
 
 
 def run_and_record(fn, task, record_url: str):

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
+from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid, region_text
 from bigseg.config import JobSpec
 from bigseg.errors import BigsegError, BlockError, ParameterError
 from bigseg.io import labels as label_io
@@ -33,7 +33,7 @@ from bigseg.progress import Progress
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
-from bigseg.segment_blocks import JobFiles, SegmentTask, region_text, segment_block
+from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
 from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, resolve_classes, touch_edges
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import numpy as np
 import skimage.measure
 
 from bigseg import measure
-from bigseg.blocks import Block, BlockGrid, intersect, shift
+from bigseg.blocks import Block, BlockGrid, intersect, region_text, shift
 from bigseg.errors import BigsegError, BlockError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
@@ -119,10 +119,6 @@ def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.n
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * 2**attempt)
-
-
-def region_text(region: tuple[slice, ...]) -> str:
-    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
 def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from bigseg.io.lock import LOCK_NAME
 from bigseg.io.ome import ImageView, normalize_url, ome_attrs, open_group
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The job's work folder inside the label group (intermediate arrays, the journal).
+WORK_NAME = ".bigseg-work"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class LabelTarget:
 
     @property
     def work_url(self) -> str:
-        return store.join(self.url, ".bigseg-work")
+        return store.join(self.url, WORK_NAME)
 
     def level_path(self, i: int) -> str:
         return str(i)
@@ -72,9 +74,7 @@ def state(url: str) -> str:
     try:
         group = zarr.open_group(store=url, mode="r")
     except Exception:  # a folder holding only a job's lock or work files
-        fs, path = store.filesystem(url)
-        names = {n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)}
-        return "incomplete" if names <= {".bigseg-lock", ".bigseg-work"} else "other"
+        return "incomplete" if set(store.children(url)) <= {LOCK_NAME, WORK_NAME} else "other"
     status = group.attrs.get("bigseg", {}).get("status")
     return status if status in ("incomplete", "complete") else ("complete" if ome_attrs(group)[1] else "other")
 
@@ -84,9 +84,7 @@ def incomplete_labels(image_url: str) -> list[str]:
     url = store.join(image_url, "labels")
     if not store.exists(url):
         return []
-    fs, path = store.filesystem(url)
-    names = sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False) if fs.isdir(n))
-    return [n for n in names if state(store.join(url, n)) == "incomplete"]
+    return [n for n in sorted(store.children(url)) if state(store.join(url, n)) == "incomplete"]
 
 
 def _check_writable(target: LabelTarget) -> None:
@@ -107,11 +105,10 @@ def start(target: LabelTarget) -> None:
     """Clear the output (all but the job's lock), then create the group, marked incomplete, without OME
     metadata."""
     _unlist(target)
-    fs, path = store.filesystem(target.url)
-    if fs.exists(path):
-        for child in fs.ls(path, detail=False):
-            if child.rstrip("/").rsplit("/", 1)[-1] != LOCK_NAME:
-                fs.rm(child, recursive=True)
+    if store.exists(target.url):
+        for name in store.children(target.url):
+            if name != LOCK_NAME:
+                store.remove(store.join(target.url, name))
     try:
         zarr.open_group(store=target.url, mode="a", zarr_format=target.zarr_format,  # "w" would delete the lock
                         attributes={"bigseg": {"status": "incomplete"}})

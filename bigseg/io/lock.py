@@ -25,6 +25,7 @@ class JobLock:
     """``with JobLock(label_url):`` holds the output for one job, or raises :class:`OutputError`."""
 
     def __init__(self, label_url: str):
+        self.label_url = label_url
         self.url = store.join(label_url, LOCK_NAME)
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -40,9 +41,7 @@ class JobLock:
                 self._thread = threading.Thread(target=self._beat, name="bigseg-lock", daemon=True)
                 self._thread.start()
                 return self
-            holder = read(self.url)
-            if holder is not None and not is_stale(holder):
-                raise OutputError(_held(os.path.dirname(self.url), holder))
+            check_free(self.label_url)
             store.remove(self.url)  # a crashed holder's lock: take it over
         raise OutputError(f"cannot take the lock {self.url}; another job is starting on the same output")
 
@@ -91,23 +90,18 @@ def check_free(label_url: str) -> None:
     """Raise :class:`OutputError` if a live job holds ``label_url`` (stale locks do not count)."""
     holder = read(store.join(label_url, LOCK_NAME))
     if holder is not None and not is_stale(holder):
-        raise OutputError(_held(label_url, holder))
-
-
-def _held(label_url: str, holder: dict) -> str:
-    return (f"{label_url} is being written by another bigseg job (pid {holder.get('pid')} on "
-            f"{holder.get('host')}); wait for it to finish, or use another --name / --output")
+        raise OutputError(f"{label_url} is being written by another bigseg job (pid {holder.get('pid')} on "
+                          f"{holder.get('host')}); wait for it to finish, or use another --name / --output")
 
 
 def read(url: str) -> dict | None:
     """The lock's content (``None`` if there is no lock); a lock still being written counts as fresh."""
-    fs, path = store.filesystem(url)
     try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(store.load_bytes(url))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except ValueError:
+    except ValueError:  # empty or half written: as old as the file (a crash while creating it goes stale)
+        path = store.filesystem(url)[1]
         try:
             return {"heartbeat": os.path.getmtime(path) if os.path.exists(path) else time.time()}
         except OSError:

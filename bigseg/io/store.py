@@ -22,6 +22,12 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def children(url: str) -> list[str]:
+    """Names of the files and folders directly in folder ``url``."""
+    fs, path = filesystem(url)
+    return [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+
+
 def remove(url: str) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
@@ -50,10 +56,7 @@ def save_arrays(url: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_arrays(url: str) -> dict[str, np.ndarray]:
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    with np.load(io.BytesIO(data)) as npz:
+    with np.load(io.BytesIO(load_bytes(url))) as npz:
         return {k: npz[k] for k in npz.files}
 
 
@@ -63,9 +66,13 @@ def save_array(url: str, array: np.ndarray) -> None:
 
 
 def load_array(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(load_bytes(url)))
+
+
+def load_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
-        return np.load(io.BytesIO(f.read()))
+        return f.read()
 
 
 def save_bytes(url: str, data: bytes) -> None:

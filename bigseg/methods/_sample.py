@@ -8,6 +8,7 @@ import math
 import numpy as np
 from skimage import filters
 
+from bigseg.blocks import region_text
 from bigseg.io.ome import open_array
 
 #: The sample is the finest level with at most this many voxels.
@@ -50,8 +51,7 @@ def _sample(view) -> tuple[np.ndarray, tuple[str, ...]]:
         try:  # chunk by chunk, so that one bad chunk is named and the rest still count
             parts.append(small.read(region).astype(np.float32).ravel())
         except Exception as err:  # noqa: BLE001
-            where = ", ".join(f"{r.start}:{r.stop}" for r in region)
-            failures.append(f"level {level} region [{where}] ({type(err).__name__}: {err})")
+            failures.append(f"level {level} region {region_text(region)} ({type(err).__name__}: {err})")
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), tuple(failures)
 
 
