@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
+import typing
 
 from bigseg.errors import BigsegError, ParameterError
+from bigseg.methods import METHODS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -44,43 +47,21 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
 
     seg = sub.add_parser("segment", help="segment an OME-Zarr image into NGFF labels and a measurements table")
-    seg.add_argument("image", help="OME-Zarr image: a local path or an fsspec URL")
-    seg.add_argument("--method", default="watershed",
-                     help="threshold | watershed | cellpose | stardist | pixel-classifier (default: watershed)")
-    seg.add_argument("--name", default=None, help="label name: IMAGE/labels/NAME (default: the method)")
-    seg.add_argument("--channel", type=int, default=None, help="channel to segment (default 0)")
-    seg.add_argument("--timepoint", type=int, default=None, help="timepoint to segment (default 0)")
-    seg.add_argument("--level", type=int, default=0, help="resolution level to segment (default 0)")
-    seg.add_argument("--block", type=_ints, default=None, help="block shape, a multiple of the chunks, e.g. 64,512,512")
-    seg.add_argument("--halo", type=_ints, default=None, help="voxels of context per side (default: from the method)")
-    seg.add_argument("--workers", type=int, default=None, help="local cluster size (default: from cores and memory)")
-    seg.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-    seg.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
-    seg.add_argument("--output", default=None, help="write a standalone label image here instead of IMAGE/labels")
-    seg.add_argument("--overwrite", action="store_true",
-                     help="replace an existing label image of that name (an unfinished job of the same settings "
-                     "is resumed without it)")
-    seg.add_argument("--skip-bad-blocks", action="store_true",
-                     help="leave blocks whose input cannot be read unlabelled (and report them) instead of failing")
+    _job_arguments(seg)
+    run = seg.add_argument_group("where it runs")
+    run.add_argument("--profile", default=None, help="cluster profile from Dask's config (bigseg profiles lists "
+                     "them; default: bigseg.profile, i.e. local)")
+    run.add_argument("--workers", type=int, default=None, help="local cluster size (default: from cores and memory)")
+    run.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    run.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
     seg.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    m = seg.add_argument_group("method parameters")
-    m.add_argument("--sigma", type=_floats, default=None, help="Gaussian smoothing in voxels (one or per axis)")
-    m.add_argument("--threshold", type=float, default=None, help="intensity threshold (default: computed once)")
-    m.add_argument("--threshold-method", default=None, help="otsu | li | triangle | yen | mean (default otsu)")
-    m.add_argument("--diameter", type=float, default=None, help="watershed: expected object diameter in voxels")
-    m.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many voxels")
-    m.add_argument("--connectivity", type=int, default=None, help="threshold: 1 = faces only, ndim = full")
-    m.add_argument("--model", default=None, help="deep methods: a pretrained name (cpsam, cyto3, 2D_versatile_fluo, "
-                   "3D_demo) or the path of a trained model / pixel classifier")
-    m.add_argument("--gpu", action="store_true", default=None, help="run the model on GPU workers")
-    m.add_argument("--prob-thresh", type=float, default=None, help="stardist / pixel-classifier probability")
-    m.add_argument("--nms-thresh", type=float, default=None, help="stardist non-maximum suppression IoU")
-    m.add_argument("--flow-threshold", type=float, default=None, help="cellpose flow error threshold")
-    m.add_argument("--cellprob-threshold", type=float, default=None, help="cellpose cell probability threshold")
-    m.add_argument("--object-size", type=float, default=None, help="stardist: largest object diameter (halo)")
-    m.add_argument("--instances", default=None, help="pixel-classifier: components | watershed (objects) or classes "
-                   "(a semantic class map: one label value per scribble class)")
-    seg.add_argument("--iou-threshold", type=float, default=0.5, help="stitching: IoU that joins two fragments")
+
+    spec = sub.add_parser("spec", help="print the job file a command line means (YAML), or the job file's schema")
+    _job_arguments(spec)
+    spec.add_argument("--schema", action="store_true", help="print the JSON schema of a job file")
+
+    sub.add_parser("profiles", help="the cluster profiles configured, and where each comes from")
+
     tr = sub.add_parser("train-pixel-classifier", help="train an ilastik-style pixel classifier from scribbles")
     tr.add_argument("image", help="OME-Zarr image")
     tr.add_argument("--scribbles", required=True, help="label image of scribbles (0 = unlabelled, 1..K = classes), "
@@ -89,13 +70,120 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--foreground", type=int, default=2, help="the class that becomes objects (default 2)")
     tr.add_argument("--channel", type=int, default=None)
     tr.add_argument("--sigma-max", type=float, default=8.0, help="largest feature scale in pixels")
-    for sp in (demo, info, seg, tr):
+    for sp in sub.choices.values():
         sp.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     return p
 
 
-METHOD_FLAGS = ("sigma", "threshold", "threshold_method", "diameter", "min_size", "connectivity", "model", "gpu",
-                "prob_thresh", "nms_thresh", "flow_threshold", "cellprob_threshold", "object_size", "instances")
+#: Job flags: flag -> (section, field) of the job spec. Method flags are generated from the method models.
+JOB_FLAGS = {"level": ("input", "level"), "channel": ("input", "channel"), "timepoint": ("input", "timepoint"),
+             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
+             "name": ("output", "name"), "output": ("output", "url"), "overwrite": ("output", "overwrite"),
+             "skip_bad_blocks": ("options", "skip_bad_blocks")}
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's flags (all default to None: only flags given on the command line enter the spec)."""
+    from bigseg.spec.job import JobSpec
+    p.add_argument("image", nargs="?", help="OME-Zarr image: a local path or a URL (s3://, https://)")
+    p.add_argument("--spec", dest="spec_file", default=None, help="job file (YAML or JSON); flags given beside it "
+                   "override its values")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one value of the job, e.g. --set method.diameter=10 (repeatable)")
+    p.add_argument("--method", default=None, help="|".join(METHODS) + " (default: watershed)")
+    job = p.add_argument_group("job")
+    sections = JobSpec.model_fields
+    for flag, (section, field) in JOB_FLAGS.items():
+        info = sections[section].annotation.model_fields[field]
+        _add_flag(job, flag, info, dest=f"job_{flag}")
+    methods = p.add_argument_group("method parameters (see bigseg spec --schema)")
+    for field, (info, owners) in _method_fields().items():
+        _add_flag(methods, field, info, dest=f"method_{field}", owners=owners)
+
+
+def _add_flag(group, name: str, info, dest: str, owners: list[str] | None = None) -> None:
+    flag = "--" + name.replace("_", "-")
+    text = (info.description or "").replace("%", "%%")
+    if owners is not None and len(owners) < len(METHODS):
+        text = f"{'/'.join(owners)}: {text}"
+    choices = _choices(info.annotation)
+    if choices:
+        text = f"{text} ({' | '.join(choices)})"
+    if info.annotation is bool:
+        group.add_argument(flag, dest=dest, action="store_true", default=None, help=text)
+    else:
+        group.add_argument(flag, dest=dest, default=None, help=text, metavar=name.upper())
+
+
+def _choices(annotation) -> list[str]:
+    args = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+    return [str(c) for a in args if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+
+
+def _method_fields() -> dict:
+    """Every method parameter once: field name -> (its pydantic field, the methods that have it)."""
+    from bigseg.methods import METHODS, parameters
+    out: dict = {}
+    for method_name, cls in METHODS.items():
+        for field, info in parameters(cls).items():
+            out.setdefault(field, (info, []))[1].append(method_name)
+    return out
+
+
+def _flag_value(text, annotation):
+    """A flag's text as job data: comma-separated values become lists, numbers become numbers (the job
+    model validates and converts the rest)."""
+    if not isinstance(text, str) or annotation is str:
+        return text
+    if "," in text or _is_list(annotation):
+        return [_scalar(v.strip()) for v in text.split(",")]
+    return _scalar(text)
+
+
+def _is_list(annotation) -> bool:
+    """A field that only takes a list (``list[int] | None``)."""
+    args = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+    return bool(args) and all(typing.get_origin(a) is list for a in args)
+
+
+def _scalar(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def job_spec(args):
+    """The job a command line means: the job file (if any), then the flags given, then the --set overrides."""
+    from bigseg.spec import apply_overrides, from_dict, from_file
+    from bigseg.spec.job import JobSpec
+    if args.spec_file is None and args.image is None:
+        raise ParameterError("give an image (bigseg segment IMAGE ...) or a job file (--spec job.yaml)")
+    data: dict = {}
+    if args.spec_file is not None:
+        data = from_file(args.spec_file).to_dict()
+    if args.image is not None:
+        data.setdefault("input", {})["url"] = args.image
+    for flag, (section, field) in JOB_FLAGS.items():
+        value = getattr(args, f"job_{flag}")
+        if value is not None:
+            info = JobSpec.model_fields[section].annotation.model_fields[field]
+            data.setdefault(section, {})[field] = _flag_value(value, info.annotation)
+    method = data.get("method") or {}
+    method = {"name": method} if isinstance(method, str) else dict(method)
+    if args.method is not None and args.method != method.get("name"):
+        method = {"name": args.method}  # another method: the file's parameters do not apply
+    for field, (info, _) in _method_fields().items():
+        value = getattr(args, f"method_{field}")
+        if value is not None:
+            method[field] = _flag_value(value, info.annotation)
+    if method:
+        data["method"] = {"name": "watershed", **method}
+    if args.overrides:
+        data = apply_overrides(data, args.overrides)
+    return from_dict(data, f"job file {args.spec_file}" if args.spec_file else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"demo": _demo, "info": _info, "segment": _segment,
+        return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
                 "train-pixel-classifier": _train}[args.command](args)
     except BigsegError as err:
         if args.verbose:
@@ -123,15 +211,31 @@ def main(argv: list[str] | None = None) -> int:
 def _segment(args) -> int:
     import bigseg
     from bigseg.progress import BarProgress
-    params = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
-    halo = args.halo[0] if args.halo and len(args.halo) == 1 else args.halo
-    result = bigseg.segment(args.image, args.method, args.name, scheduler=args.scheduler, workers=args.workers,
-                            gpus=args.gpus,
-                            level=args.level, channel=args.channel, timepoint=args.timepoint, block=args.block,
-                            halo=halo, output=args.output, overwrite=args.overwrite,
-                            skip_bad_blocks=args.skip_bad_blocks,
-                            iou_threshold=args.iou_threshold, progress=BarProgress(), **params)
+    result = bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
+                            gpus=args.gpus, progress=BarProgress())
     _report(result, args.json)
+    return 0
+
+
+def _spec(args) -> int:
+    from bigseg.spec import schema, to_yaml
+    if args.schema:
+        print(json.dumps(schema(), indent=1))
+        return 0
+    spec = job_spec(args)
+    if "://" not in spec.input.url:  # the file works from any folder
+        spec = spec.model_copy(update={"input": spec.input.model_copy(update={"url": os.path.abspath(spec.input.url)})})
+    print(to_yaml(spec), end="")
+    return 0
+
+
+def _profiles(args) -> int:
+    from bigseg.cluster import describe_profiles
+    rows = describe_profiles()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        default = " (default)" if r.get("default") else ""
+        print(f"{r['name']:<{width}}  {r['kind']:<10}  {r['source']}{default}")
     return 0
 
 

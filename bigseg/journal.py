@@ -1,7 +1,7 @@
 """What makes a job resumable: its identity, and a record of every finished task.
 
-A job's identity is its input, method with its job-wide values, and block plan (``job.json`` in the
-work folder). Each task's result is written by the worker, after the task's own outputs, as
+A job's identity (``job.json`` in the work folder) is :meth:`bigseg.pipeline.Plan.identity`: its spec and
+the values derived from it. Each task's result is written by the worker, after the task's own outputs, as
 ``done/<step>/<i>.pkl``: a task with a record is finished and is not run again when the job resumes.
 """
 from __future__ import annotations
@@ -10,26 +10,8 @@ import json
 import pickle
 from dataclasses import dataclass
 
-import numpy as np
-
 from bigseg.errors import OutputError
 from bigseg.io import store
-
-FORMAT = 1
-
-
-def identity(plan) -> dict:
-    """What must be the same for a job to resume another: input, method, parameters, block plan."""
-    view = plan.view
-    return {"format": FORMAT, "image": view.image.url, "level": view.level, "channel": view.channel,
-            "timepoint": view.timepoint, "method": plan.method.name, "params": _plain(plan.method.params()),
-            "block": list(plan.grid.block_shape), "halo": list(plan.grid.halo), "min_size": plan.min_size,
-            "iou_threshold": plan.spec.iou_threshold}
-
-
-def _plain(value):
-    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-
 
 @dataclass(frozen=True)
 class Journal:
@@ -68,15 +50,15 @@ def run_and_record(fn, task, record_url: str):
     return result
 
 
-def differences(recorded: dict, wanted: dict) -> list[str]:
-    """Names of the settings that differ between two identities (``params.sigma``, ``block``...)."""
+def differences(recorded: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Names of the settings that differ between two identities (``method.sigma``, ``block``...)."""
     out = []
     for key in sorted(set(recorded) | set(wanted)):
         a, b = recorded.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            out += differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(key)
+            out.append(f"{prefix}{key}".removeprefix("spec."))
     return out
 
 

@@ -18,18 +18,17 @@ import zarr
 
 from bigseg import measure
 from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid, region_text
-from bigseg.config import JobSpec
 from bigseg.errors import BigsegError, BlockError, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
 from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.ome import ImageView, open_image
-from bigseg.journal import Journal, check_resumable, identity, run_and_record
-from bigseg.methods import Method, get_method
-from bigseg.methods._classical import per_axis
+from bigseg.journal import Journal, check_resumable, run_and_record
+from bigseg.methods import Method
 from bigseg.methods._sample import clear_sample_cache
 from bigseg.progress import Progress
+from bigseg.spec import JobSpec
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
@@ -139,36 +138,47 @@ class Plan:
     min_size: int
     resume: bool = False
 
+    def identity(self) -> dict:
+        """What must be the same for a job to resume another: the spec (less its run options) and what was
+        derived from it (block plan, minimum size, job-wide values such as the threshold)."""
+        return {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
+                "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values()}
+
+
+#: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
+IDENTITY_FORMAT = 2
+
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
     """Open the image and check everything about the job before any cluster starts or any byte is written."""
-    image = open_image(spec.image)
-    view = image.view(spec.level, spec.channel, spec.timepoint)
-    method = get_method(spec.method, **spec.params)
-    method.check(view.ndim)
-    if spec.halo is not None:
-        per_axis(spec.halo, view.ndim, "--halo")
-    if spec.block is not None:
-        plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.block)  # checks the block shape
-    target = label_io.plan_target(view, spec.name, spec.output, spec.overwrite)
+    image = open_image(spec.input.url)
+    view = image.view(spec.input.level, spec.input.channel, spec.input.timepoint)
+    voxel_size = view.voxel_size
+    method = spec.method
+    method.check(voxel_size)
+    halo = None
+    if spec.blocks.halo is not None:
+        halo = tuple(int(math.ceil(h)) for h in Method.voxels(spec.blocks.halo, voxel_size, "blocks.halo"))
+    if spec.blocks.shape is not None:
+        plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.blocks.shape)  # checks the block shape
+    target = label_io.plan_target(view, spec.label_name, spec.output.url, spec.output.overwrite)
     lock_io.check_free(target.url)
     recorded = None
-    if not spec.overwrite and label_io.state(target.url) == "incomplete":
+    if not spec.output.overwrite and label_io.state(target.url) == "incomplete":
         recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
     clear_sample_cache()  # the sample is read once per job, never reused from an earlier one
-    check_values(view, spec.skip_bad_blocks)
+    check_values(view, spec.options.skip_bad_blocks)
     method = method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
-    halo = method.halo(view.ndim) if spec.halo is None else \
-        tuple(int(h) for h in per_axis(spec.halo, view.ndim, "--halo"))
+    halo = halo or method.halo(voxel_size)
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
-    block = spec.block or (tuple(recorded["block"]) if recorded else None)  # the default may depend on workers
+    block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
     grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim))
     if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
-                             "give --halo 1 or more")
-    job = Plan(spec, view, method, grid, target, method.object_min_size(view.ndim), recorded is not None)
+                             "set blocks.halo to 1 or more")
+    job = Plan(spec, view, method, grid, target, method.object_min_size(voxel_size), recorded is not None)
     if recorded is not None:
-        check_resumable(recorded, identity(job), target.url)
+        check_resumable(recorded, job.identity(), target.url)
     return job
 
 
@@ -207,8 +217,8 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
             label_io.start(target)
             zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
                               chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
-            journal.start(identity(plan))  # from here on, the job can be resumed
-    progress.message(f"bigseg: {view.image.url} level {spec.level} {view.shape} in {len(grid)} blocks of "
+            journal.start(plan.identity())  # from here on, the job can be resumed
+    progress.message(f"bigseg: {view.image.url} level {spec.input.level} {view.shape} in {len(grid)} blocks of "
                      f"{grid.block_shape} (halo {grid.halo}), method {method.name}"
                      + (" (resuming an unfinished job)" if plan.resume else ""))
     if getattr(client, "dashboard_link", None):
@@ -216,7 +226,7 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
 
     blocks = list(grid)
     tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, method.stitch_rule == "iou",
-                         spec.skip_bad_blocks) for b in blocks]
+                         spec.options.skip_bad_blocks) for b in blocks]
     summaries = stages.run(client, "segment", segment_block, tasks, resources=method.resources())
     skipped = [s.error for s in summaries if s.error]
     if skipped:
@@ -267,7 +277,7 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
                                                       "blocks_skipped": skipped})
-        if not spec.keep_work:
+        if not spec.options.keep_work:
             store.remove(files.work_url)
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
@@ -313,7 +323,7 @@ def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: lis
             sa, sb = by_id[grid.flat_id(a)], by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))]
             if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
                 tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
-                                         sa.n_fragments, sb.n_fragments, plan.spec.iou_threshold))
+                                         sa.n_fragments, sb.n_fragments, plan.spec.stitch.iou_threshold))
         edges = stages.run(client, "stitch", overlap_edges, tasks)
     with stages.local("stitch"):
         return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,

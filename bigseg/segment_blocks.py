@@ -82,9 +82,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     if extended.dtype.kind == "f" and not np.isfinite(extended).all():
         raise BlockError(f"{where}: the image has NaN or infinite values here; replace them (e.g. with 0) "
                          "before segmenting")
-    task.method.setup()
     try:
-        labels = np.asarray(task.method(extended))
+        labels = np.asarray(task.method(extended, task.view.voxel_size))
     except BigsegError:
         raise
     except Exception as err:

@@ -147,7 +147,7 @@ def test_a_killed_job_resumes_without_redoing_finished_blocks(reference, tmp_pat
     # resuming with other settings is refused, and changes nothing
     proc = _run(path, "--name", "nuclei", "--block", "48,32,32", "--workers", "2", "--sigma", "2")
     assert proc.returncode == 2 and "unfinished job with different settings (" in proc.stderr
-    assert "params.sigma" in proc.stderr
+    assert "method.sigma" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and _records(label, "segment") >= done_at_kill
 
     # 2. resumed, then killed again in a later stage (relabel)
@@ -380,17 +380,17 @@ def test_too_many_objects_for_uint32_switch_to_uint64_and_say_so(client, tmp_pat
 def test_a_job_killed_after_its_table_was_published_resumes_to_the_same_result(reference, tmp_path):
     """The last window: table moved into place, metadata not yet written. Recreated exactly (the work folder
     kept, the group put back to 'incomplete'), then resumed."""
-    from bigseg.config import JobSpec
     from bigseg.pipeline import plan, run
+    from bigseg.spec import from_kwargs
     path, ref = reference
     out = str(tmp_path / "out.zarr")
-    spec = dict(image=path, method="watershed", name="n", block=BLOCK, output=out)
+    spec = dict(method="watershed", name="n", block=BLOCK, output=out)
     from distributed import Client, LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as c:
-        run(plan(JobSpec(**spec, keep_work=True), 2), c)
+        run(plan(from_kwargs(path, **spec, keep_work=True), 2), c)
         zarr.open_group(out, mode="r+").attrs.put({"bigseg": {"status": "incomplete"}})
         assert not os.path.exists(os.path.join(out, ".bigseg-work", "table"))  # published
-        res = run(plan(JobSpec(**spec), 2), c)
+        res = run(plan(from_kwargs(path, **spec), 2), c)
     assert res.resumed["segment"] == N_BLOCKS and "measure" not in res.resumed  # nothing left to measure
     _assert_identical(out, ref)
 

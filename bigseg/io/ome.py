@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from bigseg.errors import InputError
+from bigseg.units import VoxelSize
 
 SPATIAL = ("z", "y", "x")
 
@@ -120,6 +121,12 @@ class ImageView:
     def translation(self) -> tuple[float, ...]:
         lev = self.image.levels[self.level]
         return tuple(lev.translation[self._spatial_index(a)] for a in self.image.spatial_axes)
+
+    @property
+    def voxel_size(self) -> VoxelSize:
+        """Spacing and units of the spatial axes (lengths in physical units are converted with it)."""
+        units = {a.name: a.unit for a in self.image.axes}
+        return VoxelSize(self.scale, tuple(units[a] for a in self.image.spatial_axes))
 
     @property
     def n_channels(self) -> int:

@@ -1,9 +1,9 @@
 """Segmentation methods, one per module, behind :class:`~bigseg.methods.base.Method`."""
 from __future__ import annotations
 
-import dataclasses
+from pydantic import ValidationError
 
-from bigseg.errors import ParameterError
+from bigseg.errors import ParameterError, validation_message
 from bigseg.methods.base import Method
 from bigseg.methods.cellpose import Cellpose
 from bigseg.methods.pixel_classifier import PixelClassifier
@@ -11,22 +11,26 @@ from bigseg.methods.stardist import StarDist
 from bigseg.methods.threshold import Threshold
 from bigseg.methods.watershed import Watershed
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Threshold, Watershed, Cellpose, StarDist, PixelClassifier)}
+METHODS: dict[str, type[Method]] = {m.model_fields["name"].default: m
+                                    for m in (Threshold, Watershed, Cellpose, StarDist, PixelClassifier)}
 
 
-def get_method(name: str, **params) -> Method:
-    """A method instance by name, with its parameters checked by name."""
+def parameters(cls: type[Method]) -> dict:
+    """A method's parameters (name -> pydantic field), without its ``name``."""
+    return {k: f for k, f in cls.model_fields.items() if k != "name"}
+
+
+def get_method(name: str | Method, **params) -> Method:
+    """A method instance by name, with its parameters validated."""
     if isinstance(name, Method):
         return name
     if name not in METHODS:
-        raise ParameterError(f"unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise ParameterError(f"method '{name}' has no parameter {', '.join(unknown)}; "
-                             f"its parameters are {', '.join(sorted(fields))}")
-    return cls(**{k: v for k, v in params.items() if v is not None})
+        raise ParameterError(f"method: unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}")
+    try:
+        return METHODS[name](**{k: v for k, v in params.items() if v is not None})
+    except ValidationError as err:
+        raise ParameterError(validation_message(err, METHODS[name], "method")) from None
 
 
-__all__ = ["METHODS", "Cellpose", "Method", "PixelClassifier", "StarDist", "Threshold", "Watershed", "get_method"]
+__all__ = ["METHODS", "Cellpose", "Method", "PixelClassifier", "StarDist", "Threshold", "Watershed", "get_method",
+           "parameters"]

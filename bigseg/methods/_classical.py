@@ -1,52 +1,38 @@
 """What the classical methods share: smoothing and a global threshold computed once per job."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from bigseg.errors import ParameterError
 from bigseg.methods._sample import global_threshold
-from bigseg.methods.base import Method
+from bigseg.methods.base import Lengths, Method, describe, length_help
+from bigseg.units import VoxelSize
 
 #: scipy's Gaussian reaches this many sigmas; the halo must cover it for exact block-wise smoothing.
 TRUNCATE = 4.0
-THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen", "mean")
+ThresholdMethod = Literal["otsu", "li", "triangle", "yen", "mean"]
 
 
-def per_axis(value, ndim: int, what: str) -> tuple[float, ...]:
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    if len(values) == 1:
-        return values * ndim
-    if len(values) != ndim:
-        raise ParameterError(f"{what} has {len(values)} values but the image is {ndim}D; "
-                             f"give 1 value or {ndim} (one per axis)")
-    return values
-
-
-@dataclass(frozen=True)
 class Classical(Method):
-    sigma: float | tuple[float, ...] = 1.0
-    threshold: float | None = None
-    threshold_method: str = "otsu"
+    sigma: Lengths = describe(length_help("Gaussian smoothing (one value, or one per axis z,y,x)"), default=1.0)
+    threshold: float | None = describe("intensity threshold; default: computed once per job by threshold_method",
+                                       default=None)
+    threshold_method: ThresholdMethod = describe("how the job-wide threshold is computed", default="otsu")
 
-    def check(self, ndim: int) -> None:
-        sig = per_axis(self.sigma, ndim, "sigma")
-        if any(s < 0 for s in sig):
-            raise ParameterError(f"sigma {self.sigma} is negative; give a smoothing of 0 or more voxels")
-        if self.threshold_method not in THRESHOLD_METHODS:
-            raise ParameterError(f"unknown threshold method '{self.threshold_method}'; "
-                                 f"choose one of {', '.join(THRESHOLD_METHODS)}")
-        if self.min_size is not None and self.min_size < 0:
-            raise ParameterError(f"min_size {self.min_size} is negative; give 0 or more voxels")
+    def check(self, voxel_size: VoxelSize) -> None:
+        self.sigma_voxels(voxel_size)
 
-    def smoothing_radius(self, ndim: int) -> tuple[int, ...]:
-        return tuple(int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in per_axis(self.sigma, ndim, "sigma"))
+    def sigma_voxels(self, voxel_size: VoxelSize) -> tuple[float, ...]:
+        return self.voxels(self.sigma, voxel_size, "method.sigma")
 
-    def smooth(self, block: np.ndarray) -> np.ndarray:
+    def smoothing_radius(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        return tuple(int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in self.sigma_voxels(voxel_size))
+
+    def smooth(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         data = np.asarray(block, dtype=np.float32)
-        sigma = per_axis(self.sigma, data.ndim, "sigma")
+        sigma = self.sigma_voxels(voxel_size)
         if not any(sigma):
             return data
         return ndi.gaussian_filter(data, sigma, mode="nearest", truncate=TRUNCATE)
@@ -54,9 +40,12 @@ class Classical(Method):
     def prepare(self, view) -> "Classical":
         if self.threshold is not None:
             return self
-        return replace(self, threshold=global_threshold(view, self.threshold_method))
+        return self.model_copy(update={"threshold": global_threshold(view, self.threshold_method)})
 
-    def foreground(self, block: np.ndarray) -> np.ndarray:
+    def job_values(self) -> dict:
+        return {"threshold": self.threshold}
+
+    def foreground(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         if self.threshold is None:
             raise RuntimeError("prepare() must set the threshold before blocks are segmented")
-        return self.smooth(block) > self.threshold
+        return self.smooth(block, voxel_size) > self.threshold

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 
 from bigseg.errors import ParameterError
 from bigseg.methods import _models
 from bigseg.methods._sample import global_percentiles
-from bigseg.methods.base import Method
+from bigseg.methods.base import Method, describe
+from bigseg.units import VoxelSize
 
 
-@dataclass(frozen=True)
 class DeepMethod(Method):
     """``model`` is a pretrained name or a path; ``gpu=True`` sends blocks to workers with a ``GPU`` resource."""
 
     stitch_rule = "iou"
-    model: str = ""
-    gpu: bool = False
-    #: Percentiles that map to 0 and 1 (computed once per job in :meth:`prepare`).
-    percentiles: tuple[float, float] = (1.0, 99.8)
-    intensity_range: tuple[float, float] | None = None
+    #: (module to import, extra that installs it): checked before anything runs.
+    package: ClassVar[tuple[str, str]] = ("", "")
+    model: str = describe("a pretrained model name or the path of a trained model", default="")
+    gpu: bool = describe("run the model on GPU workers (workers with the GPU resource)", default=False)
+    percentiles: tuple[float, float] = describe(
+        "intensity percentiles mapped to 0 and 1 (computed once per job)", default=(1.0, 99.8))
+    intensity_range: tuple[float, float] | None = describe(
+        "intensities mapped to 0 and 1; default: from the percentiles", default=None)
 
     def resources(self) -> dict | None:
         return {"GPU": 1} if self.gpu else None
@@ -30,24 +33,24 @@ class DeepMethod(Method):
     def is_path(self) -> bool:
         return os.sep in self.model or os.path.exists(self.model)
 
-    #: (module to import, extra that installs it): checked before anything runs.
-    package: tuple[str, str] = ("", "")
-
-    def check(self, ndim: int) -> None:
+    def check(self, voxel_size: VoxelSize) -> None:
         module, extra = self.package
         try:
             __import__(module)
         except ImportError:
             raise _models.missing_package(self.name, module, extra) from None
         if self.is_path() and not os.path.exists(self.model):
-            raise ParameterError(f"model {self.model} does not exist; give the path of a trained {self.name} "
-                                 "model or a pretrained model name")
+            raise ParameterError(f"method.model: {self.model} does not exist; give the path of a trained "
+                                 f"{self.name} model or a pretrained model name")
 
     def prepare(self, view) -> "DeepMethod":
-        method = replace(self, model=os.path.abspath(self.model)) if self.is_path() else self
+        method = self.model_copy(update={"model": os.path.abspath(self.model)}) if self.is_path() else self
         if method.intensity_range is not None:
             return method
-        return replace(method, intensity_range=global_percentiles(view, *self.percentiles))
+        return method.model_copy(update={"intensity_range": global_percentiles(view, *self.percentiles)})
+
+    def job_values(self) -> dict:
+        return {"intensity_range": list(self.intensity_range) if self.intensity_range else None}
 
     def normalized(self, block: np.ndarray) -> np.ndarray:
         lo, hi = self.intensity_range

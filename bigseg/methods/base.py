@@ -1,41 +1,66 @@
 """The method interface: how a segmentation method plugs into the block-wise pipeline."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+import math
+from typing import Annotated, ClassVar
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from bigseg.errors import ParameterError
+from bigseg.units import (EXAMPLE_LENGTH, EXAMPLE_VOLUME, VoxelSize, check_length, check_positive_length,
+                          check_volume)
+
+#: A length: voxels (a number) or a physical length (``"8um"``); converted per axis with the voxel size.
+Length = Annotated[float | str, AfterValidator(check_length)]
+#: A length that must be more than 0.
+PositiveLength = Annotated[float | str, AfterValidator(check_positive_length)]
+#: One length for every axis, or one per axis (z, y, x).
+Lengths = Annotated[float | str | list[float | str], AfterValidator(check_length)]
+#: A volume (an area in 2D): voxels (a number) or a physical volume (``"20um^3"``).
+Volume = Annotated[float | str, AfterValidator(check_volume)]
 
 
-@dataclass(frozen=True)
-class Method:
+def describe(text: str, **kwargs):
+    """A parameter's description: its help on the command line, in the JSON schema and in the web form."""
+    return Field(description=text, **kwargs)
+
+
+class Method(BaseModel):
     """A segmentation method, run on one block at a time.
 
-    Subclasses are frozen dataclasses whose fields are the method's parameters. The pipeline calls
-    :meth:`prepare` once per job on the client (for job-wide values such as a global threshold),
-    :meth:`setup` once per worker process (to load models), and ``method(block)`` once per block.
+    Subclasses are frozen pydantic models whose fields are the method's parameters (the job file's
+    ``method:`` section, the CLI's method flags and the HTTP body are generated from them). The pipeline
+    calls :meth:`check` and :meth:`prepare` once per job on the client (job-wide values such as a global
+    threshold), and ``method(block, voxel_size)`` once per block on a worker.
     """
 
-    name: ClassVar[str]
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    #: One line for ``--help`` and the web form.
+    description: ClassVar[str] = ""
     #: How fragments are joined across block boundaries: "touch" (exact for connected components)
     #: or "iou" (predictions of both blocks compared over their overlap).
     stitch_rule: ClassVar[str] = "iou"
-    #: Objects smaller than this many voxels are dropped after stitching (exact: whole objects);
-    #: ``None`` = the method's default, :meth:`default_min_size`.
-    min_size: int | None = None
+    min_size: Volume | None = describe(
+        f"drop objects smaller than this after stitching (whole objects): {EXAMPLE_VOLUME}; "
+        "default: the method's own", default=None)
 
-    def check(self, ndim: int) -> None:
-        """Raise :class:`~bigseg.errors.ParameterError` if the parameters do not fit a ``ndim``-D image."""
+    def check(self, voxel_size: VoxelSize) -> None:
+        """Raise :class:`~bigseg.errors.ParameterError` if the parameters do not fit the image."""
 
     def resources(self) -> dict | None:
         """Dask worker resources one block task needs, e.g. ``{"GPU": 1}`` for a model on a GPU."""
         return None
 
-    def default_min_size(self, ndim: int) -> int:
+    def default_min_size(self, voxel_size: VoxelSize) -> int:
         return 0
 
-    def object_min_size(self, ndim: int) -> int:
-        return self.default_min_size(ndim) if self.min_size is None else int(self.min_size)
+    def object_min_size(self, voxel_size: VoxelSize) -> int:
+        if self.min_size is None:
+            return self.default_min_size(voxel_size)
+        return int(math.ceil(self.voxels_volume(self.min_size, voxel_size, "min_size")))
 
     def touch_connectivity(self, ndim: int) -> int:
         """For the "touch" rule: 1 = voxels touch by faces only, ``ndim`` = by faces, edges and corners."""
@@ -46,22 +71,37 @@ class Method:
         sees the same pixel grid as the whole image."""
         return (1,) * ndim
 
-    def halo(self, ndim: int) -> tuple[int, ...]:
+    def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
         """Voxels of context each block needs on every side."""
-        return (0,) * ndim
+        return (0,) * voxel_size.ndim
 
     def prepare(self, view) -> "Method":
         """Job-wide set-up on the client (e.g. a global threshold); returns the method to run."""
         return self
 
-    def setup(self) -> None:
-        """Per-worker-process set-up, such as loading a model; called before each block, so cache
-        (:func:`bigseg.methods._models.load`)."""
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         """Label one block (core + halo); returns integer labels of the same shape, 0 = background."""
         raise NotImplementedError
 
-    def params(self) -> dict:
-        from dataclasses import asdict
-        return asdict(self)
+    def job_values(self) -> dict:
+        """Values computed once per job by :meth:`prepare` (part of a resumed job's identity)."""
+        return {}
+
+    @staticmethod
+    def voxels(value, voxel_size: VoxelSize, field: str) -> tuple[float, ...]:
+        """A :data:`Length` parameter in voxels along each axis."""
+        try:
+            return voxel_size.voxels(value)
+        except ValueError as err:
+            raise ParameterError(f"{field}: {err}") from None
+
+    @staticmethod
+    def voxels_volume(value, voxel_size: VoxelSize, field: str) -> float:
+        try:
+            return voxel_size.volume_voxels(value)
+        except ValueError as err:
+            raise ParameterError(f"{field}: {err}") from None
+
+
+def length_help(text: str) -> str:
+    return f"{text}: {EXAMPLE_LENGTH}"

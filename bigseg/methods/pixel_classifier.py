@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import PrivateAttr
 
 from bigseg.errors import ParameterError
 from bigseg.methods import _models
-from bigseg.methods.base import Method
+from bigseg.methods.base import Method, PositiveLength, describe, length_help
+from bigseg.units import VoxelSize
 from bigseg.methods.watershed import split_touching
 
 FORMAT = "bigseg-pixel-classifier-1"
-INSTANCES = ("components", "watershed", "classes")
 
 
 def features(image: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -57,47 +58,51 @@ def train(image: np.ndarray, scribbles: np.ndarray, path: str, foreground: int =
     return path
 
 
-@dataclass(frozen=True)
 class PixelClassifier(Method):
     """``model``: a ``.joblib`` file from :func:`train`. ``instances``: ``"components"`` (exact stitching),
     ``"watershed"`` (touching objects split; ``diameter`` sets its halo and seed spacing) or ``"classes"``
     (a semantic class map, one label value per scribble class, measured per class)."""
 
-    name = "pixel-classifier"
-    model: str = ""
-    prob_thresh: float = 0.5
-    instances: str = "components"
-    diameter: float = 12.0
-    sigma_max: float = 8.0  # read from the model file in prepare()
+    name: Literal["pixel-classifier"] = "pixel-classifier"
+    description = "ilastik-style random forest trained from scribbles (bigseg train-pixel-classifier)"
+    model: str = describe("the .joblib file written by bigseg train-pixel-classifier", default="")
+    prob_thresh: float = describe("foreground probability threshold", default=0.5, ge=0, le=1)
+    instances: Literal["components", "watershed", "classes"] = describe(
+        "components | watershed (objects) or classes (a semantic class map: one label value per scribble class)",
+        default="components")
+    diameter: PositiveLength = describe(length_help("instances=watershed: expected object diameter"), default=12.0)
+    _sigma_max: float = PrivateAttr(8.0)  # read from the model file in prepare()
 
     @property
     def stitch_rule(self) -> str:
         return {"components": "touch", "watershed": "iou", "classes": "class"}[self.instances]
 
-    def check(self, ndim: int) -> None:
+    def check(self, voxel_size: VoxelSize) -> None:
         try:
             import sklearn  # noqa: F401
         except ImportError:
             raise _models.missing_package(self.name, "scikit-learn", "pixel-classifier") from None
         if not self.model or not os.path.exists(self.model):
-            raise ParameterError(f"pixel classifier model '{self.model}' does not exist; train one with "
-                                 "bigseg train-pixel-classifier and pass --model PATH")
-        if self.instances not in INSTANCES:
-            raise ParameterError(f"instances must be one of {', '.join(INSTANCES)}, not '{self.instances}'")
+            raise ParameterError(f"method.model: pixel classifier '{self.model}' does not exist; train one with "
+                                 "bigseg train-pixel-classifier and give its path")
 
     def prepare(self, view) -> "PixelClassifier":
-        from dataclasses import replace
-        model = os.path.abspath(self.model)  # workers elsewhere resolve it the same way
         content = self.load()
         if content["ndim"] != view.ndim:
             raise ParameterError(f"pixel classifier {self.model} was trained on {content['ndim']}D images but the "
                                  f"image is {view.ndim}D; train one on {view.ndim}D data")
-        return replace(self, model=model, sigma_max=float(content["sigma_max"]))
+        method = self.model_copy(update={"model": os.path.abspath(self.model)})  # workers resolve it alike
+        method._sigma_max = float(content["sigma_max"])
+        return method
 
-    def halo(self, ndim: int) -> tuple[int, ...]:
-        features_reach = int(4 * self.sigma_max + 0.5) + 4  # Gaussian (truncate 4) + gradient/Hessian steps
-        split = int(math.ceil(2 * self.diameter)) if self.instances == "watershed" else 0
-        return (features_reach + split,) * ndim
+    def diameter_voxels(self, voxel_size: VoxelSize) -> tuple[float, ...]:
+        return self.voxels(self.diameter, voxel_size, "method.diameter")
+
+    def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        features_reach = int(4 * self._sigma_max + 0.5) + 4  # Gaussian (truncate 4) + gradient/Hessian steps
+        if self.instances != "watershed":
+            return (features_reach,) * voxel_size.ndim
+        return tuple(features_reach + int(math.ceil(2 * d)) for d in self.diameter_voxels(voxel_size))
 
     def load(self) -> dict:
         import joblib
@@ -114,7 +119,7 @@ class PixelClassifier(Method):
         clf = model["classifier"]
         return clf.predict_proba(feats.reshape(-1, feats.shape[-1])), clf.classes_, model["foreground"]
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         from skimage.measure import label
         proba, classes, foreground = self.probabilities(block)
         if self.instances == "classes":
@@ -122,4 +127,5 @@ class PixelClassifier(Method):
         fg = proba[:, list(classes).index(foreground)].reshape(block.shape) > self.prob_thresh
         if self.instances == "components":
             return label(fg, connectivity=block.ndim)
-        return split_touching(fg, max(1, int(round(self.diameter / 4))))
+        seeds = tuple(max(1, int(round(d / 4))) for d in self.diameter_voxels(voxel_size))
+        return split_touching(fg, seeds, voxel_size.spacing)

@@ -3,36 +3,44 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
+from pydantic import PrivateAttr
 
 from bigseg.errors import ParameterError
 from bigseg.methods import _models
 from bigseg.methods._deep import DeepMethod
+from bigseg.methods.base import PositiveLength, describe, length_help
+from bigseg.units import VoxelSize
 
 PRETRAINED_HINT = ("StarDist cannot download pretrained models offline: download the model folder elsewhere "
                    "(e.g. StarDist2D.from_pretrained on a connected machine, then copy ~/.keras/models/...) and "
                    "pass --model /path/to/model_folder")
 
 
-@dataclass(frozen=True)
 class StarDist(DeepMethod):
     """``model``: a pretrained name (``2D_versatile_fluo``, ``2D_paper_dsb2018``, ``3D_demo``) or the folder of a
     trained model (with ``config.json`` and weights). The halo covers the network's receptive field and
     ``object_size`` (largest object diameter, voxels)."""
 
-    name = "stardist"
-    model: str = "2D_versatile_fluo"
-    prob_thresh: float | None = None
-    nms_thresh: float | None = None
-    object_size: float = 32.0
-    receptive_field: tuple[int, ...] | None = None
-    package: tuple[str, str] = ("stardist", "stardist")
-    divisor: tuple[int, ...] | None = None
+    name: Literal["stardist"] = "stardist"
+    description = "StarDist star-convex objects (2D/3D), pretrained or a trained model folder"
+    package = ("stardist", "stardist")
+    model: str = describe("2D_versatile_fluo | 2D_paper_dsb2018 | 3D_demo | a trained model folder",
+                          default="2D_versatile_fluo")
+    prob_thresh: float | None = describe("object probability threshold; default: the model's", default=None,
+                                         ge=0, le=1)
+    nms_thresh: float | None = describe("non-maximum suppression IoU; default: the model's", default=None,
+                                        ge=0, le=1)
+    object_size: PositiveLength = describe(length_help("largest object diameter (sets the halo)"), default=32.0)
+    # the network's receptive field and downsampling factor, read from the model once per job
+    _receptive_field: tuple[int, ...] | None = PrivateAttr(None)
+    _divisor: tuple[int, ...] | None = PrivateAttr(None)
 
-    def check(self, ndim: int) -> None:
-        super().check(ndim)
+    def check(self, voxel_size: VoxelSize) -> None:
+        super().check(voxel_size)
+        ndim = voxel_size.ndim
         if self.is_path():
             import json
             config = os.path.join(self.model, "config.json")
@@ -48,20 +56,21 @@ class StarDist(DeepMethod):
 
     def prepare(self, view) -> "StarDist":
         method = super().prepare(view)
-        if method.receptive_field is None:  # the client loads the model once to read its receptive field
+        if method._receptive_field is None:  # the client loads the model once to read its receptive field
             model = method.load(view.ndim)
             axes = "ZYX"[-view.ndim:]
-            overlap = model._axes_tile_overlap(axes)
-            method = replace(method, receptive_field=tuple(int(o) for o in overlap),
-                             divisor=tuple(int(d) for d in model._axes_div_by(axes)))
+            method = method.model_copy()
+            method._receptive_field = tuple(int(o) for o in model._axes_tile_overlap(axes))
+            method._divisor = tuple(int(d) for d in model._axes_div_by(axes))
         return method
 
     def alignment(self, ndim: int) -> tuple[int, ...]:
-        return self.divisor or (1,) * ndim
+        return self._divisor or (1,) * ndim
 
-    def halo(self, ndim: int) -> tuple[int, ...]:
-        field = self.receptive_field or (0,) * ndim
-        return tuple(max(int(f), int(math.ceil(self.object_size))) for f in field)
+    def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        field = self._receptive_field or (0,) * voxel_size.ndim
+        size = self.voxels(self.object_size, voxel_size, "method.object_size")
+        return tuple(max(int(f), int(math.ceil(s))) for f, s in zip(field, size))
 
     def load(self, ndim: int):
         try:
@@ -81,7 +90,7 @@ class StarDist(DeepMethod):
             raise ParameterError(f"'{self.model}' is not a pretrained StarDist model name. " + PRETRAINED_HINT)
         return model
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         model = self.loaded(block.ndim)
         labels, _ = model.predict_instances(self.normalized(block), prob_thresh=self.prob_thresh,
                                             nms_thresh=self.nms_thresh, verbose=False, show_tile_progress=False)

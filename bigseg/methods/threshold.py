@@ -1,15 +1,16 @@
 """``threshold``: Gaussian smoothing, one global threshold, connected components."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from skimage import measure
 
 from bigseg.methods._classical import Classical
+from bigseg.methods.base import describe
+from bigseg.units import VoxelSize
 
 
-@dataclass(frozen=True)
 class Threshold(Classical):
     """Foreground = smoothed image above a global threshold; objects = its connected components.
 
@@ -17,16 +18,17 @@ class Threshold(Classical):
     with a halo of 4 sigma, and components are joined across blocks where they touch.
     """
 
-    name = "threshold"
+    name: Literal["threshold"] = "threshold"
+    description = "smoothing, one global threshold, connected components (exact block-wise)"
     stitch_rule = "touch"
-    #: 1 = faces only; the image's ndim = faces, edges and corners (skimage's default).
-    connectivity: int | None = None
+    connectivity: int | None = describe("1 = voxels touch by faces only; the image's ndim = faces, edges and "
+                                        "corners (default)", default=None, ge=1, le=3)
 
     def touch_connectivity(self, ndim: int) -> int:
-        return self.connectivity or ndim
+        return min(self.connectivity or ndim, ndim)
 
-    def halo(self, ndim: int) -> tuple[int, ...]:
-        return self.smoothing_radius(ndim)
+    def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        return self.smoothing_radius(voxel_size)
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        return measure.label(self.foreground(block), connectivity=self.connectivity or block.ndim)
+    def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
+        return measure.label(self.foreground(block, voxel_size), connectivity=self.touch_connectivity(block.ndim))

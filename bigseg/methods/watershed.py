@@ -2,56 +2,62 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure, segmentation
 
-from bigseg.errors import ParameterError
 from bigseg.methods._classical import Classical
+from bigseg.methods.base import Length, PositiveLength, describe, length_help
+from bigseg.units import VoxelSize
 
 
-@dataclass(frozen=True)
 class Watershed(Classical):
     """Seeds are the plateaus of the distance transform's local maxima (a local, shift-invariant rule,
     so a block sees the same seeds as the whole image wherever its halo covers their neighbourhood).
 
-    ``diameter`` is the expected object diameter in voxels: it sets the halo (2 diameters plus the
-    smoothing), the seed spacing (diameter / 4) and, unless given, ``min_size`` (10% of a ball).
+    ``diameter`` is the expected object diameter: it sets the halo (2 diameters plus the smoothing), the
+    seed spacing (diameter / 4) and, unless given, ``min_size`` (10% of a ball), per axis with the voxel
+    size. The distance transform is measured in physical units (``sampling=`` the voxel size).
     """
 
-    name = "watershed"
+    name: Literal["watershed"] = "watershed"
+    description = "smoothing, one global threshold, touching objects split by a distance-transform watershed"
     stitch_rule = "iou"
-    diameter: float = 12.0
-    min_distance: int | None = None
+    diameter: PositiveLength = describe(length_help("expected object diameter"), default=12.0)
+    min_distance: Length | None = describe(length_help("seed spacing; default diameter / 4"), default=None)
 
-    def check(self, ndim: int) -> None:
-        super().check(ndim)
-        if self.diameter <= 0:
-            raise ParameterError(f"diameter {self.diameter} must be positive (expected object size in voxels)")
+    def diameter_voxels(self, voxel_size: VoxelSize) -> tuple[float, ...]:
+        return self.voxels(self.diameter, voxel_size, "method.diameter")
 
-    def default_min_size(self, ndim: int) -> int:
-        ball = math.pi / 6 * self.diameter**3 if ndim == 3 else math.pi / 4 * self.diameter**2
+    def default_min_size(self, voxel_size: VoxelSize) -> int:
+        d = self.diameter_voxels(voxel_size)
+        ball = math.pi / 6 * math.prod(d) if len(d) == 3 else math.pi / 4 * math.prod(d)
         return int(0.1 * ball)
 
-    def halo(self, ndim: int) -> tuple[int, ...]:
-        return tuple(r + int(math.ceil(2 * self.diameter)) for r in self.smoothing_radius(ndim))
+    def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        return tuple(r + int(math.ceil(2 * d))
+                     for r, d in zip(self.smoothing_radius(voxel_size), self.diameter_voxels(voxel_size)))
 
-    def seed_radius(self) -> int:
-        return self.min_distance if self.min_distance is not None else max(1, int(round(self.diameter / 4)))
+    def seed_radius(self, voxel_size: VoxelSize) -> tuple[int, ...]:
+        if self.min_distance is not None:
+            return tuple(max(0, int(round(r))) for r in self.voxels(self.min_distance, voxel_size,
+                                                                     "method.min_distance"))
+        return tuple(max(1, int(round(d / 4))) for d in self.diameter_voxels(voxel_size))
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        return split_touching(self.foreground(block), self.seed_radius())
+    def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
+        return split_touching(self.foreground(block, voxel_size), self.seed_radius(voxel_size), voxel_size.spacing)
 
 
-def split_touching(fg: np.ndarray, seed_radius: int) -> np.ndarray:
-    """Objects of a foreground mask, touching ones split by a watershed of the distance transform seeded at
-    the plateaus of its local maxima (within ``seed_radius``): local and shift-invariant."""
+def split_touching(fg: np.ndarray, seed_radius: int | tuple[int, ...], spacing=None) -> np.ndarray:
+    """Objects of a foreground mask, touching ones split by a watershed of the distance transform (in units of
+    ``spacing``) seeded at the plateaus of its local maxima (within ``seed_radius`` voxels per axis): local
+    and shift-invariant."""
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
-    dist = ndi.distance_transform_edt(fg).astype(np.float32)
-    size = 2 * seed_radius + 1
-    peaks = (dist == ndi.maximum_filter(dist, size=size, mode="nearest")) & fg
+    dist = ndi.distance_transform_edt(fg, sampling=spacing).astype(np.float32)
+    radius = (seed_radius,) * fg.ndim if isinstance(seed_radius, int) else tuple(seed_radius)
+    peaks = (dist == ndi.maximum_filter(dist, size=tuple(2 * r + 1 for r in radius), mode="nearest")) & fg
     markers = measure.label(peaks, connectivity=fg.ndim)
     return segmentation.watershed(-dist, markers, mask=fg)

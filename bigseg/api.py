@@ -1,0 +1,67 @@
+"""The Python API: ``segment(spec | image, ...)`` runs one job on a cluster chosen by profile."""
+from __future__ import annotations
+
+import os
+
+from bigseg.pipeline import SegmentResult
+from bigseg.spec import JobSpec, from_file, from_kwargs
+
+
+def segment(job, method=None, name: str | None = None, *, profile: str | None = None, client=None,
+            scheduler: str | None = None, workers: int | None = None, gpus: int | str | None = None,
+            progress=None, **kwargs) -> SegmentResult:
+    """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
+
+    Parameters
+    ----------
+    job : JobSpec, job-file path (``.yaml``/``.json``) or image path/URL
+        The job. With an image, the job is built from ``method``, ``name`` and ``kwargs``.
+    method : str or Method
+        ``"threshold"``, ``"watershed"`` (default), ``"cellpose"``, ``"stardist"`` or ``"pixel-classifier"``.
+    name : str
+        Label name: written to ``IMAGE/labels/<name>`` unless ``output`` is given. Default: the method.
+    profile : str
+        Cluster profile from Dask's config (``bigseg.profiles``); default: ``bigseg.profile`` (``local``).
+    client, scheduler, workers, gpus
+        A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster (CPU
+        workers, plus one worker per GPU: a count or ``"auto"``; default "auto" for ``gpu=True`` methods).
+    progress
+        An observer of the job's progress (default: silent).
+    **kwargs
+        ``level, channel, timepoint`` (input), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
+        standalone label image URL), ``overwrite``, ``skip_bad_blocks``, ``keep_work``; any other keyword is a
+        method parameter (``sigma``, ``diameter``, ``min_size``, ``model``, ...). Lengths take units: ``"8um"``.
+
+    Returns
+    -------
+    SegmentResult
+        Paths of the label image and table, object and block counts, seconds per stage.
+
+    Examples
+    --------
+    >>> result = bigseg.segment("nuclei.zarr", "watershed", name="nuclei", diameter="8um")  # doctest: +SKIP
+    >>> spec = bigseg.JobSpec.from_file("job.yaml"); bigseg.segment(spec, profile="slurm")  # doctest: +SKIP
+    """
+    spec = as_spec(job, method, name, **kwargs)
+    from bigseg import cluster, pipeline
+    if client is None and scheduler is None:  # check everything before a local cluster starts
+        job_plan = pipeline.plan(spec, workers or cluster.default_workers())
+        if gpus is None and job_plan.method.resources():
+            gpus = "auto"
+        with cluster.connect(workers=workers, gpus=gpus) as c:
+            return pipeline.run(job_plan, c, progress)
+    with cluster.connect(scheduler, workers, client) as c:
+        return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, progress)
+
+
+def as_spec(job, method=None, name: str | None = None, **kwargs) -> JobSpec:
+    """A :class:`JobSpec` from a spec, a job file, or an image with keyword arguments."""
+    if isinstance(job, JobSpec):
+        if method is not None or name is not None or kwargs:
+            raise TypeError("segment(spec) takes no method, name or job keywords: change the spec instead "
+                            "(spec.model_copy(update=...)) or pass an image path")
+        return job
+    path = os.fspath(job)
+    if path.endswith((".yaml", ".yml", ".json")) and os.path.isfile(path):
+        return from_file(path)
+    return from_kwargs(path, method or "watershed", name, **kwargs)

@@ -1,0 +1,122 @@
+"""The job spec: one validated, versioned model of everything that makes a job.
+
+The CLI flags, a job file (YAML or JSON), the Python API and the HTTP API are four spellings of
+:class:`JobSpec`. Lengths (``method.diameter``, ``method.sigma``, ``blocks.halo``) are voxels or physical units
+(``8um``); ``method.min_size`` is a number of voxels or a volume (``20um^3``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Union
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from bigseg.methods import METHODS, Method
+from bigseg.methods.base import Lengths, describe, length_help
+from bigseg.methods.watershed import Watershed
+
+#: The job-file format this bigseg reads and writes; a file from a newer bigseg is refused.
+SPEC_VERSION = 1
+
+
+def _fspath(value):
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+Url = Annotated[str, BeforeValidator(_fspath)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(Section):
+    """Which image, and which part of it."""
+
+    url: Url = describe("OME-Zarr image: a local path or a URL (s3://, https://, file://)")
+    level: int = describe("resolution level to segment", default=0, ge=0)
+    channel: int | None = describe("channel to segment (default 0)", default=None, ge=0)
+    timepoint: int | None = describe("timepoint to segment (default 0)", default=None, ge=0)
+
+
+class BlocksSpec(Section):
+    """How the image is cut into blocks."""
+
+    shape: list[Annotated[int, Field(gt=0)]] | None = describe(
+        "block shape (z,y,x), a multiple of the chunk shape; default: from the chunks and the workers",
+        default=None)
+    halo: Lengths | None = describe(length_help("context read around each block, one value or one per axis; "
+                                                "default: what the method needs"), default=None)
+
+
+class StitchSpec(Section):
+    """How objects cut by block boundaries are joined."""
+
+    iou_threshold: float = describe("IoU above which two blocks' predictions of an object are joined",
+                                    default=0.5, gt=0, lt=1)
+
+
+class OutputSpec(Section):
+    """Where the label image goes."""
+
+    name: Annotated[str, AfterValidator(_label_name)] | None = describe(
+        "label name: IMAGE/labels/NAME (default: the method's name)", default=None)
+    url: Url | None = describe("write a standalone label image here instead of IMAGE/labels/NAME", default=None)
+    overwrite: bool = describe("replace an existing label image of that name (an unfinished job of the same "
+                               "settings is resumed without it)", default=False)
+
+
+class OptionsSpec(Section):
+    skip_bad_blocks: bool = describe("leave blocks whose input cannot be read unlabelled (and report them) "
+                                     "instead of failing", default=False)
+    keep_work: bool = describe("keep the work folder (intermediate files) after the job", default=False)
+
+
+def _label_name(value: str) -> str:
+    from bigseg.io.labels import NAME
+    if not NAME.match(value) or value in (".", ".."):
+        raise ValueError(f"'{value}' is not allowed; use letters, digits, '_', '-' or '.', not a path (e.g. nuclei)")
+    return value
+
+
+def _method_by_name(value):
+    """``method: watershed`` is short for ``method: {name: watershed}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+MethodSpec = Annotated[Union[tuple(METHODS.values())], Field(discriminator="name"),  # noqa: UP007
+                       BeforeValidator(_method_by_name)]
+
+#: Fields that change how a job runs, not what it writes: left out of a job's identity.
+RUN_OPTIONS = {"output": {"overwrite"}, "options": {"keep_work"}}
+
+
+class JobSpec(Section):
+    """One segmentation job."""
+
+    version: int = describe(f"job-file format version (this bigseg writes {SPEC_VERSION})", default=SPEC_VERSION,
+                            ge=1, le=SPEC_VERSION)
+    input: InputSpec
+    method: MethodSpec = Field(default_factory=Watershed, description="the method and its parameters")
+    blocks: BlocksSpec = Field(default_factory=BlocksSpec)
+    stitch: StitchSpec = Field(default_factory=StitchSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    options: OptionsSpec = Field(default_factory=OptionsSpec)
+
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _keep_method_instances(cls, value, handler):
+        """A Method object (e.g. a subclass defined in a notebook) is used as it is."""
+        return value if isinstance(value, Method) else handler(value)
+
+    @property
+    def label_name(self) -> str:
+        return self.output.name or self.method.name
+
+    def identity(self) -> dict:
+        """What must be equal for a job to resume another: everything but the run options."""
+        return self.model_dump(mode="json", exclude=RUN_OPTIONS)
+
+    def to_dict(self) -> dict:
+        """The job as plain data (what a job file holds); unset optional values are left out."""
+        return self.model_dump(mode="json", exclude_none=True)
