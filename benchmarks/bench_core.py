@@ -34,11 +34,12 @@ import json, resource, sys, time
 import numpy as np, zarr
 from skimage.measure import regionprops_table
 from bigseg.methods import get_method
+from bigseg.units import VoxelSize
 path, method, threshold, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 t0 = time.perf_counter()
 image = zarr.open_array(path + "/s0", mode="r")[:]
 t1 = time.perf_counter()
-labels = get_method(method, threshold=threshold)(image)
+labels = get_method(method, threshold=threshold)(image, VoxelSize.isotropic(image.ndim))
 t2 = time.perf_counter()
 zarr.create_array(out, data=labels.astype(np.uint32), chunks=(64, 256, 256), overwrite=True)
 regionprops_table(labels, image, properties=("label", "area", "centroid", "bbox", "intensity_mean",

@@ -37,9 +37,9 @@ def monolithic(path: str, method, view_args=()) -> tuple[np.ndarray, float]:
     view = open_image(path).view(0)
     prepared = method.prepare(view)
     image = zarr.open_array(path + "/s0", mode="r")[:]
-    prepared(image[:64, :64])  # load the model before timing, as a worker does once
+    prepared(image[:64, :64], view.voxel_size)  # load the model before timing, as a worker does once
     t0 = time.perf_counter()
-    labels = prepared(image)
+    labels = prepared(image, view.voxel_size)
     return labels, time.perf_counter() - t0
 
 
