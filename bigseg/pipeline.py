@@ -33,7 +33,8 @@ from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
 from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
-from bigseg.stitch import OverlapTask, TouchTask, no_edges, overlap_edges, resolve, resolve_classes, touch_edges
+from bigseg.stitch import no_edges, resolve, resolve_classes
+from bigseg.stitch_rules import Output
 
 log = logging.getLogger(__name__)
 #: Retries of a failed block task before the job fails (lost workers are handled by Dask itself).
@@ -173,7 +174,8 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
     block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
     grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim))
-    if method.stitch_rule == "iou" and any(h == 0 and g > 1 for h, g in zip(grid.halo, grid.grid_shape)):
+    if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
+                                                                                          grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
     job = Plan(spec, view, method, grid, target, method.object_min_size(voxel_size), recorded is not None)
@@ -225,8 +227,7 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
         progress.message(f"bigseg: Dask dashboard {client.dashboard_link}")
 
     blocks = list(grid)
-    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, method.stitch_rule == "iou",
-                         spec.options.skip_bad_blocks) for b in blocks]
+    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, spec.options.skip_bad_blocks) for b in blocks]
     summaries = stages.run(client, "segment", segment_block, tasks, resources=method.resources())
     skipped = [s.error for s in summaries if s.error]
     if skipped:
@@ -304,34 +305,17 @@ def _stage_error(name: str, tasks: list, failures: list) -> Exception:
 
 
 def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: list):
-    """The stitch stage by the method's rule: edges from face tasks on the workers, resolved on the client."""
-    grid, view, rule = plan.grid, plan.view, plan.method.stitch_rule
-    if rule == "class":
+    """The stitch stage: edges from the method's rule, found by face tasks on the workers, resolved on the
+    client (a class map has nothing to join: its statistics merge by class)."""
+    grid, view, method = plan.grid, plan.view, plan.method
+    if method.output() is Output.CLASSES:
         with stages.local("stitch"):
             return resolve_classes(summaries, len(grid), view.ndim, view.n_channels)
-    by_id = {s.block_id: s for s in summaries}
-    if rule == "touch":
-        connectivity = plan.method.touch_connectivity(view.ndim)
-        # a face is read if either side has boundary fragments: its one-voxel margin also catches
-        # contacts across edges and corners with blocks beside the other side
-        tasks = [TouchTask(grid, files, axis, low, connectivity) for axis, low in grid.face_pairs()
-                 if by_id[grid.flat_id(low)].n_boundary or by_id[grid.flat_id(_next(low, axis))].n_boundary]
-        edges = stages.run(client, "stitch", touch_edges, tasks)
-    else:
-        tasks = []
-        for a, off in grid.neighbour_pairs():
-            sa, sb = by_id[grid.flat_id(a)], by_id[grid.flat_id(tuple(i + o for i, o in zip(a, off)))]
-            if (sa.n_boundary and sb.n_fragments) or (sb.n_boundary and sa.n_fragments):
-                tasks.append(OverlapTask(grid, files, a, off, sa.n_boundary, sb.n_boundary,
-                                         sa.n_fragments, sb.n_fragments, plan.spec.stitch.iou_threshold))
-        edges = stages.run(client, "stitch", overlap_edges, tasks)
+    fn, tasks = method.stitch_rule(view.ndim).edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)
+    edges = stages.run(client, "stitch", fn, tasks)
     with stages.local("stitch"):
         return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
                        view.n_channels)
-
-
-def _next(index: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    return tuple(i + (j == axis) for j, i in enumerate(index))
 
 
 def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:

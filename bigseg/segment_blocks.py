@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import skimage.measure
 
 from bigseg import measure
 from bigseg.blocks import Block, BlockGrid, intersect, region_text, shift
@@ -19,6 +18,7 @@ from bigseg.errors import BigsegError, BlockError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
 from bigseg.methods.base import Method
+from bigseg.stitch_rules import Output
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class SegmentTask:
     block: Block
     files: JobFiles
     min_size: int
-    keep_halo: bool
     skip_unreadable: bool = False
 
 
@@ -90,18 +89,16 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from err
     core_slc = block.core_in_extended
     core = labels[core_slc]
-    if task.method.stitch_rule == "class":
+    if task.method.output() is Output.CLASSES:
         return _segment_classes(task, extended, core, t0)
-    if task.method.stitch_rule == "touch":
-        # The halo's edge is smoothed without context, so halo voxels may join objects that are apart:
-        # fragments are components of the core alone, joined across faces by the stitch stage.
-        core = skimage.measure.label(core > 0, connectivity=task.method.touch_connectivity(core.ndim))
+    rule = task.method.stitch_rule(core.ndim)
+    core = rule.fragments(core)
     lut, n, k = _renumber(core, grid.shared_faces(block.index), task.min_size)
     if n == 0:
         return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
     fragments = lut[core]
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
-    if task.keep_halo:  # what stitching compares; kept whenever the core has fragments
+    if rule.keeps_halo:  # what stitching compares; kept whenever the core has fragments
         _save_halo(task, labels, lut, n)
     partials = measure.block_partials(fragments, _channels(task, extended), block.origin, n)
     if n > k:

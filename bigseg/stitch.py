@@ -1,6 +1,6 @@
 """The stitch stage: join fragments of one object across block boundaries, then number objects.
 
-Two rules, chosen by the method:
+Two rules, chosen by the method (:mod:`bigseg.stitch_rules`):
 
 * ``touch`` — fragments in neighbouring cores that touch across the boundary are one object. Exact
   for connected components. One task per face reads the two voxel planes on either side of it
@@ -10,8 +10,10 @@ Two rules, chosen by the method:
   IoU above the threshold are one object. A boundary fragment that matches the other block's
   interior (complete) object is a sliver of it and is dropped.
 
-A third rule, ``class``, is for semantic class maps: the values are class numbers, the same in every
-block, so nothing is compared; the statistics are merged by class.
+Semantic class maps (an output kind, not a rule): the values are class numbers, the same in every block,
+so nothing is compared; the statistics are merged by class (:func:`resolve_classes`).
+
+The rule objects (:mod:`bigseg.stitch_rules`) choose the face tasks; this module holds what they run.
 
 Only boundary fragments (ids 1..k of a block) enter the graph; interior fragments get their final id
 by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) rows.

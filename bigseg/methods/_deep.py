@@ -17,7 +17,6 @@ from bigseg.units import VoxelSize
 class DeepMethod(Method):
     """``model`` is a pretrained name or a path; ``gpu=True`` sends blocks to workers with a ``GPU`` resource."""
 
-    stitch_rule = "iou"
     #: (module to import, extra that installs it): checked before anything runs.
     package: ClassVar[tuple[str, str]] = ("", "")
     model: str = describe("a pretrained model name or the path of a trained model", default="")

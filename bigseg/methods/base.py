@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bigseg.errors import ParameterError
+from bigseg.stitch_rules import Output, Overlap, StitchRule
 from bigseg.units import (EXAMPLE_LENGTH, EXAMPLE_VOLUME, VoxelSize, check_length, check_positive_length,
                           check_volume)
 
@@ -40,9 +41,6 @@ class Method(BaseModel):
     name: str
     #: One line for ``--help`` and the web form.
     description: ClassVar[str] = ""
-    #: How fragments are joined across block boundaries: "touch" (exact for connected components)
-    #: or "iou" (predictions of both blocks compared over their overlap).
-    stitch_rule: ClassVar[str] = "iou"
     min_size: Volume | None = describe(
         f"drop objects smaller than this after stitching (whole objects): {EXAMPLE_VOLUME}; "
         "default: the method's own", default=None)
@@ -62,9 +60,14 @@ class Method(BaseModel):
             return self.default_min_size(voxel_size)
         return int(math.ceil(self.voxels_volume(self.min_size, voxel_size, "min_size")))
 
-    def touch_connectivity(self, ndim: int) -> int:
-        """For the "touch" rule: 1 = voxels touch by faces only, ``ndim`` = by faces, edges and corners."""
-        return ndim
+    def stitch_rule(self, ndim: int) -> StitchRule:
+        """How fragments are joined across block boundaries (default: predictions of both blocks compared
+        over their overlap)."""
+        return Overlap()
+
+    def output(self) -> Output:
+        """What the label values are: object ids (stitched) or class numbers (a semantic class map)."""
+        return Output.INSTANCES
 
     def alignment(self, ndim: int) -> tuple[int, ...]:
         """Blocks are read from multiples of this (a network's total downsampling factor), so that a block

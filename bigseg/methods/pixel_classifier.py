@@ -18,6 +18,7 @@ from pydantic import PrivateAttr
 from bigseg.errors import ParameterError
 from bigseg.methods import _models
 from bigseg.methods.base import Method, PositiveLength, describe, length_help
+from bigseg.stitch_rules import Output, Overlap, StitchRule, Touch
 from bigseg.units import VoxelSize
 from bigseg.methods.watershed import split_touching
 
@@ -73,9 +74,11 @@ class PixelClassifier(Method):
     diameter: PositiveLength = describe(length_help("instances=watershed: expected object diameter"), default=12.0)
     _sigma_max: float = PrivateAttr(8.0)  # read from the model file in prepare()
 
-    @property
-    def stitch_rule(self) -> str:
-        return {"components": "touch", "watershed": "iou", "classes": "class"}[self.instances]
+    def stitch_rule(self, ndim: int) -> StitchRule:
+        return Touch(ndim) if self.instances == "components" else Overlap()
+
+    def output(self) -> Output:
+        return Output.CLASSES if self.instances == "classes" else Output.INSTANCES
 
     def check(self, voxel_size: VoxelSize) -> None:
         try:

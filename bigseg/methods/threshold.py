@@ -8,6 +8,7 @@ from skimage import measure
 
 from bigseg.methods._classical import Classical
 from bigseg.methods.base import describe
+from bigseg.stitch_rules import Touch
 from bigseg.units import VoxelSize
 
 
@@ -20,15 +21,14 @@ class Threshold(Classical):
 
     name: Literal["threshold"] = "threshold"
     description = "smoothing, one global threshold, connected components (exact block-wise)"
-    stitch_rule = "touch"
     connectivity: int | None = describe("1 = voxels touch by faces only; the image's ndim = faces, edges and "
                                         "corners (default)", default=None, ge=1, le=3)
 
-    def touch_connectivity(self, ndim: int) -> int:
-        return min(self.connectivity or ndim, ndim)
+    def stitch_rule(self, ndim: int) -> Touch:
+        return Touch(min(self.connectivity or ndim, ndim))
 
     def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
         return self.smoothing_radius(voxel_size)
 
     def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
-        return measure.label(self.foreground(block, voxel_size), connectivity=self.touch_connectivity(block.ndim))
+        return measure.label(self.foreground(block, voxel_size), connectivity=self.stitch_rule(block.ndim).connectivity)

@@ -24,7 +24,6 @@ class Watershed(Classical):
 
     name: Literal["watershed"] = "watershed"
     description = "smoothing, one global threshold, touching objects split by a distance-transform watershed"
-    stitch_rule = "iou"
     diameter: PositiveLength = describe(length_help("expected object diameter"), default=12.0)
     min_distance: Length | None = describe(length_help("seed spacing; default diameter / 4"), default=None)
 
