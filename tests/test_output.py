@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from skimage.filters import threshold_otsu
 
 import bigseg
 from bigseg.synthetic import nuclei
 from conftest import checksums, write_image
+from matching import same_partition
 
 
 def _validate(image_path: str, version: str, name: str):
@@ -100,13 +102,33 @@ def test_standalone_output_for_a_read_only_input(client, tmp_path, nuclei3d):
 def test_two_channel_time_series_segments_the_chosen_channel_and_timepoint(client, tmp_path):
     a, _ = nuclei((24, 64, 64), seed=1)
     b, _ = nuclei((24, 64, 64), seed=2)
-    data = np.stack([np.stack([a, b]), np.stack([b, a])])  # (t, c, z, y, x)
+    d, _ = nuclei((24, 64, 64), seed=3)
+    # (t, c, z, y, x); the chosen t=1, c=0 is b. Every other (t, c) has other objects (and a scaled copy would
+    # give the same labels), so taking it, or its threshold, gives another threshold and other labels
+    data = np.stack([np.stack([a, d * 2]), np.stack([b, a * 3])])
     path = write_image(tmp_path / "tc.zarr", data, "tczyx", (1, 1, 12, 32, 32), levels=2)
+    level0 = zarr.open_array(path + "/s0", mode="r")[:]
+    assert level0[0, 0].size <= 2**24  # README: Otsu of the finest level with <= 16 M voxels, here level 0
+    otsu = {(t, c): threshold_otsu(level0[t, c].astype(np.float64)) for t in range(2) for c in range(2)}
+    assert all(abs(otsu[k] - otsu[1, 0]) > 10 for k in otsu if k != (1, 0))
     res = bigseg.segment(path, "threshold", name="t1c0", client=client, channel=0, timepoint=1)
+    assert res.threshold == pytest.approx(otsu[1, 0], rel=1e-6)
+    labels = _level0(res.labels)
+    assert labels.shape == (24, 64, 64) and res.objects > 10
     single = write_image(tmp_path / "b.zarr", b, "zyx", (12, 32, 32), levels=2)
-    ref = bigseg.segment(single, "threshold", name="b", client=client, threshold=res.threshold)
-    assert np.array_equal(zarr.open_array(res.labels + "/0")[:], zarr.open_array(ref.labels + "/0")[:])
-    assert zarr.open_array(res.labels + "/0").shape == (24, 64, 64)
+    ref = bigseg.segment(single, "threshold", name="b", client=client)  # its own threshold, from b alone
+    assert ref.threshold == res.threshold
+    assert np.array_equal(labels, _level0(ref.labels))
+    for t, c in ((0, 0), (0, 1), (1, 1)):  # the wrong timepoint or channel, or the right one at its threshold
+        wrong = bigseg.segment(path, "threshold", name=f"t{t}c{c}", client=client, channel=c, timepoint=t)
+        assert wrong.threshold == pytest.approx(otsu[t, c], rel=1e-6)
+        assert not same_partition(labels, _level0(wrong.labels)), (t, c)
+        wrong_threshold = bigseg.segment(single, "threshold", name=f"at{t}{c}", client=client, threshold=otsu[t, c])
+        assert not same_partition(labels, _level0(wrong_threshold.labels)), (t, c)
+
+
+def _level0(labels_url: str) -> np.ndarray:
+    return zarr.open_array(labels_url + "/0", mode="r")[:]
 
 
 def test_fsspec_url_input(client, nuclei3d, tmp_path):
