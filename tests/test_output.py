@@ -72,14 +72,32 @@ def test_labels_are_valid_ngff_next_to_an_untouched_image(client, tmp_path, vers
     assert outlined.sum() > 100 and np.all(level0[16][outlined] > 0)
 
 
-def test_existing_label_is_refused_without_overwrite(client, nuclei3d):
+def test_existing_label_is_refused_without_overwrite_and_replaced_with_it(client, tmp_path, nuclei3d):
     path, _, _ = nuclei3d
     first = bigseg.segment(path, "threshold", name="cells", client=client)
+    first_levels = _levels(first.labels)
     with pytest.raises(bigseg.BigsegError, match="already exists.*--overwrite"):
         bigseg.segment(path, "threshold", name="cells", client=client)
-    again = bigseg.segment(path, "threshold", name="cells", client=client, overwrite=True, sigma=2.0)
-    assert again.objects != first.objects or again.threshold != first.threshold
+    assert all(np.array_equal(a, b) for a, b in zip(_levels(first.labels), first_levels))  # refused: untouched
+    # a high threshold: a few small objects, and blocks left empty whose old labels must go too
+    settings = {"threshold": 1000.0}
+    again = bigseg.segment(path, "threshold", name="cells", client=client, overwrite=True, **settings)
+    fresh = bigseg.segment(path, "threshold", output=str(tmp_path / "fresh.zarr"), client=client, **settings)
+    assert again.blocks_empty > first.blocks_empty
+    stored = _levels(again.labels)
+    assert len(stored) == len(first_levels)
+    assert all(np.array_equal(a, b) for a, b in zip(stored, _levels(fresh.labels)))
+    assert not same_partition(stored[0], first_levels[0]) and np.any((first_levels[0] > 0) & (stored[0] == 0))
+    table = pd.read_parquet(again.table).sort_values("label", ignore_index=True)
+    assert table["label"].tolist() == list(range(1, again.objects + 1)) and again.objects > 0
+    np.testing.assert_array_equal(table["voxel_count"], np.bincount(stored[0].ravel())[1:])
+    pd.testing.assert_frame_equal(table, pd.read_parquet(fresh.table).sort_values("label", ignore_index=True))
     assert bigseg.open_image(path).labels == ("cells",)  # listed once
+
+
+def _levels(labels_url: str) -> list[np.ndarray]:
+    group = zarr.open_group(labels_url, mode="r")
+    return [group[d["path"]][:] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
 
 
 def test_standalone_output_for_a_read_only_input(client, tmp_path, nuclei3d):
