@@ -190,12 +190,12 @@ def test_http_503s_are_retried_inside_the_block_task(client, tmp_path):
 
 def test_a_chunk_that_always_fails_names_its_block_in_one_line(client, tmp_path):
     image, _ = nuclei((96, 96), seed=5)
-    path = write_image(tmp_path / "img.zarr", image, "yx", (32, 32), levels=1)
+    write_image(tmp_path / "img.zarr", image, "yx", (32, 32), levels=1)
     bad = "/img.zarr/s0/c/2/2"  # read by block 8 only: sigma 0 needs no halo
-    with _http_server(str(tmp_path), fail=lambda p, n: p == bad and n >= 2) as (root, served):  # after the sample
-        with pytest.raises(bigseg.errors.BlockError) as info:
-            bigseg.segment(f"{root}/img.zarr", "threshold", output=str(tmp_path / "http.zarr"), client=client,
-                           block=(32, 32), sigma=0)
+    with _http_server(str(tmp_path), fail=lambda p, n: p == bad and n >= 2) as (root, served), \
+            pytest.raises(bigseg.errors.BlockError) as info:  # n >= 2: the job's sample reads it first
+        bigseg.segment(f"{root}/img.zarr", "threshold", output=str(tmp_path / "http.zarr"), client=client,
+                       block=(32, 32), sigma=0)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("block 8 [64:96, 64:96]: cannot read the input (")
