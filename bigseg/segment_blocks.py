@@ -107,14 +107,22 @@ def segment_block(task: SegmentTask) -> BlockSummary:
 
 
 def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.ndarray:
-    """Read a region, retrying transient I/O errors (a flaky network file system or object store)."""
+    """Read a region, retrying transient I/O errors: an ``OSError`` (a flaky network file system, a dropped
+    connection, a timeout) or an HTTP 429/5xx answer (fsspec's HTTP and object-store clients raise their own
+    error, e.g. aiohttp's ``ClientResponseError``, with the ``status``). A missing chunk is no error (zarr
+    reads it as the fill value); anything else (a corrupt chunk) fails at once."""
     for attempt in range(attempts):
         try:
             return view.read(region)
-        except OSError:
-            if attempt == attempts - 1:
+        except Exception as err:
+            status = getattr(err, "status", None)
+            if not (isinstance(err, OSError) or (isinstance(status, int) and (status == 429 or status >= 500))):
                 raise
+            why = f"{type(err).__name__}: {err}"
+        if attempt < attempts - 1:
             time.sleep(0.5 * 2**attempt)
+    # raised outside the handler, without the original error: a client library's may not survive pickling
+    raise OSError(f"{why} (tried {attempts} times)")
 
 
 def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:

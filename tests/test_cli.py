@@ -111,12 +111,36 @@ def test_demo_writes_and_segments_a_synthetic_image(tmp_path):
     assert os.path.exists(summary["table"])
 
 
-def test_segment_on_an_existing_scheduler(capsys, client, image2d):
-    """--scheduler uses the running cluster's workers; nothing local is started."""
-    code = main(["segment", image2d, "--method", "threshold", "--name", "remote",
-                 "--scheduler", client.scheduler.address, "--json"])
+def test_segment_on_an_existing_scheduler(capsys, image2d):
+    """--scheduler runs every block on that cluster's workers; nothing local is started (no new process)."""
+    import threading
+
+    import psutil
+    from distributed import Client, LocalCluster
+    me = psutil.Process()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:  # a cluster of its own: its workers have run nothing else
+        before = {p.pid for p in me.children()}
+        seen, stop = set(), threading.Event()
+
+        def watch():  # processes this one starts while the CLI runs (a local cluster's would show)
+            while not stop.is_set():
+                seen.update(p.pid for p in me.children())
+                stop.wait(0.02)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            code = main(["segment", image2d, "--method", "threshold", "--name", "remote",
+                         "--scheduler", cluster.scheduler_address, "--json"])
+        finally:
+            stop.set()
+            watcher.join()
+        ran = client.run(lambda dask_worker: [str(entry[0]) for entry in dask_worker.state.log
+                                              if "bigseg-segment-" in str(entry[0]) and entry[2] == "memory"])
     assert code == 0
+    assert seen == before
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["objects"] > 15 and summary["blocks"] >= 2  # >= 2 blocks per worker of that cluster
-    tasks = client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.task_prefixes])
-    assert any("segment" in t for t in tasks)  # the blocks ran on this cluster's workers
+    # README: blocks of whole chunks, at least two per worker: 2 workers, 128x128 in 32x32 chunks -> 64x64 blocks
+    assert summary["objects"] > 15 and summary["blocks"] == 4
+    keys = [k for worker_keys in ran.values() for k in worker_keys]
+    assert len(keys) == len(set(keys)) == 4  # each block ran once, on that cluster's workers

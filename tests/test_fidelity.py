@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from skimage.filters import threshold_otsu
 
 import bigseg
 from bigseg.synthetic import nuclei
@@ -30,15 +31,19 @@ def _labels(result):
 
 
 def _run_cases(client, path, method, cases, check):
-    shape = zarr.open_array(path + "/s0", mode="r").shape
-    mono = bigseg.segment(path, method, name="mono", client=client, block=shape)
-    assert mono.blocks == 1
+    """The monolithic run, then block-wise runs of ``cases``: every run computes its own (default) threshold."""
+    level0 = zarr.open_array(path + "/s0", mode="r")[:]
+    # README: the threshold is Otsu of the finest level with <= 16 M voxels (here level 0), once per job
+    assert level0.size <= 2**24
+    otsu = threshold_otsu(level0.astype(np.float64))
+    mono = bigseg.segment(path, method, name="mono", client=client, block=level0.shape)
+    assert mono.blocks == 1 and mono.objects > 100
+    assert mono.threshold == pytest.approx(otsu, rel=1e-6)
     ref = _labels(mono)
-    assert mono.objects > 100
     for i, (block, halo) in enumerate(cases):
-        res = bigseg.segment(path, method, name=f"b{i}", client=client, block=block, halo=halo,
-                             threshold=mono.threshold)
+        res = bigseg.segment(path, method, name=f"b{i}", client=client, block=block, halo=halo)
         assert res.blocks > 4
+        assert res.threshold == mono.threshold, (block, halo)  # the blocking never changes it
         check(ref, _labels(res), f"block {block} halo {halo}")
 
 
