@@ -77,7 +77,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         if task.skip_unreadable:
             return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0, message)
         raise BlockError(message + "; repair the image, or pass --skip-bad-blocks to leave such blocks "
-                         "unlabelled") from err
+                         "unlabelled") from None
     if extended.dtype.kind == "f" and not np.isfinite(extended).all():
         raise BlockError(f"{where}: the image has NaN or infinite values here; replace them (e.g. with 0) "
                          "before segmenting")
@@ -86,7 +86,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     except BigsegError:
         raise
     except Exception as err:
-        raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from err
+        raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from None  # the cause may not unpickle on the client
     core_slc = block.core_in_extended
     core = labels[core_slc]
     if task.method.output() is Output.CLASSES:
