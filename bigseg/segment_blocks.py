@@ -85,8 +85,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         labels = np.asarray(task.method(extended, task.view.voxel_size))
     except BigsegError:
         raise
-    except Exception as err:
-        raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from None  # the cause may not unpickle on the client
+    except Exception as err:  # not chained: the cause may not unpickle on the client
+        raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from None
     core_slc = block.core_in_extended
     core = labels[core_slc]
     if task.method.output() is Output.CLASSES:
