@@ -304,7 +304,7 @@ def _demo(args) -> int:
     print(f"demo: writing synthetic nuclei {args.shape} to {args.path}", file=sys.stderr)
     image, truth = nuclei(args.shape, seed=0)
     chunks = tuple(min(s, c) for s, c in zip(args.shape, (32, 128, 128)[-len(args.shape):]))
-    write_ome_zarr(args.path, image, "zyx"[-len(args.shape):], chunks, version="0.5")
+    write_ome_zarr(args.path, image, "zyx"[-len(args.shape):], chunks, version="0.5", unit="micrometer")
     result = bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
                             progress=BarProgress())
     print(f"demo: {truth.max()} nuclei drawn, {result.objects} found")

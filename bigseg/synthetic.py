@@ -44,9 +44,10 @@ def nuclei(shape: tuple[int, ...], radius: tuple[float, float] = (4.0, 7.0), fil
 
 def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: str, chunks: tuple[int, ...],
                    version: str = "0.5", levels: int = 3, scale: dict[str, float] | None = None,
-                   translation: dict[str, float] | None = None) -> str:
+                   translation: dict[str, float] | None = None, unit: str | None = None) -> str:
     """Write ``data`` as an OME-Zarr image with ome-zarr-py (NGFF 0.4 on Zarr v2 or 0.5 on Zarr v3).
 
+    ``unit`` (an NGFF unit such as ``"micrometer"``) is given to the spatial axes.
     ``translation`` (physical units per axis name) moves the whole image: it is added to every level's
     translation, so level 0's first voxel lies at ``translation``.
     """
@@ -58,10 +59,14 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: str, chunks:
     factors = tuple(2**i for i in range(1, levels))
     write_image(data, root, axes=list(axes), fmt=fmt, scale_factors=factors, scale=scale,
                 storage_options={"chunks": chunks})
+    key = "multiscales" if version == "0.4" else "ome"
+    attrs = root.attrs[key]
+    multiscales = attrs if version == "0.4" else attrs["multiscales"]
+    if unit:  # ome-zarr-py 0.18 drops units given with the axes
+        for axis in multiscales[0]["axes"]:
+            if axis["name"] in "zyx":
+                axis["unit"] = unit
     if translation:
-        key = "multiscales" if version == "0.4" else "ome"
-        attrs = root.attrs[key]
-        multiscales = attrs if version == "0.4" else attrs["multiscales"]
         offset = [translation.get(a, 0.0) for a in axes]
         for ds in multiscales[0]["datasets"]:
             transforms = [t for t in ds["coordinateTransformations"] if t["type"] != "translation"]
@@ -69,5 +74,5 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: str, chunks:
                        [0.0] * len(axes))
             ds["coordinateTransformations"] = transforms + [
                 {"type": "translation", "translation": [o + t for o, t in zip(old, offset)]}]
-        root.attrs[key] = attrs
+    root.attrs[key] = attrs
     return os.fspath(path)

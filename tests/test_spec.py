@@ -15,29 +15,17 @@ import bigseg
 from bigseg.cli import main
 from bigseg.methods import METHODS, Watershed, parameters
 from bigseg.spec import JobSpec, from_file, from_kwargs, schema
-from bigseg.synthetic import nuclei
+from bigseg.synthetic import nuclei, write_ome_zarr
 from bigseg.units import VoxelSize, parse
-from conftest import checksums, write_image
+from conftest import checksums
 from matching import match
-
-
-def with_units(path: str, unit: str = "micrometer") -> str:
-    """Give the image's spatial axes a unit (ome-zarr-py writes names only)."""
-    group = zarr.open_group(path, mode="r+")
-    attrs = group.attrs.asdict()
-    ome = attrs.get("ome", attrs)
-    for axis in ome["multiscales"][0]["axes"]:
-        if axis["name"] in "zyx":
-            axis.update(type="space", unit=unit)
-    group.attrs.put(attrs)
-    return path
 
 
 @pytest.fixture
 def image2d(tmp_path):
     image, _ = nuclei((128, 128), seed=1)
-    return with_units(write_image(tmp_path / "img2d.zarr", image, "yx", (32, 32), levels=2,
-                                  scale={"y": 0.5, "x": 0.5}))
+    return write_ome_zarr(tmp_path / "img2d.zarr", image, "yx", (32, 32), levels=2, scale={"y": 0.5, "x": 0.5},
+                          unit="micrometer")
 
 
 def _spec_cli(capsys, *argv) -> str:
@@ -166,9 +154,9 @@ def test_anisotropic_volume_gives_the_objects_of_the_isotropic_one(client, tmp_p
     anisotropic volume (the old behaviour) do not give them."""
     iso, _ = nuclei((96, 128, 128), radius=(7, 10), seed=5, noise=30)
     aniso = iso[2::4]
-    iso_path = with_units(write_image(tmp_path / "iso.zarr", iso, "zyx", (48, 32, 32), levels=2))
-    aniso_path = with_units(write_image(tmp_path / "aniso.zarr", aniso, "zyx", (8, 32, 32), levels=2,
-                                        scale={"z": 4.0, "y": 1.0, "x": 1.0}))
+    iso_path = write_ome_zarr(tmp_path / "iso.zarr", iso, "zyx", (48, 32, 32), levels=2, unit="micrometer")
+    aniso_path = write_ome_zarr(tmp_path / "aniso.zarr", aniso, "zyx", (8, 32, 32), levels=2,
+                                scale={"z": 4.0, "y": 1.0, "x": 1.0}, unit="micrometer")
     kw = dict(client=client, diameter="16um", sigma="1um")
     a = bigseg.segment(aniso_path, "watershed", "n", block=(16, 64, 64), **kw)
     i = bigseg.segment(iso_path, "watershed", "n", block=(48, 64, 64), **kw)
