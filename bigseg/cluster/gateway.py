@@ -52,13 +52,13 @@ def open(profile, request: Request, name: str | None = None):  # noqa: A001 - th
         raise ParameterError(f"{where(name, 'address')}: no gateway address; set it in the profile or in "
                              "dask-gateway's gateway.address")
     gateway = dask_gateway.Gateway(address, proxy_address=profile.proxy_address, auth=make_auth(profile, name))
-    with contextlib.closing(gateway):
+    try:
         options = _options(gateway, profile, name, address)
         try:
             cluster = gateway.new_cluster(options, shutdown_on_close=True)
         except Exception as err:
             raise _gateway_error(err, address, profile, name) from None
-        with cluster:  # shuts the cluster down
+        try:
             if profile.adapt is not None and request.workers is None:
                 cluster.adapt(minimum=profile.adapt.minimum, maximum=profile.adapt.maximum)
             else:
@@ -67,6 +67,23 @@ def open(profile, request: Request, name: str | None = None):  # noqa: A001 - th
                 on_no_workers(client, lambda: f"the gateway cluster {cluster.name} at {address} has no "
                                               "workers yet: check the gateway's limits and its backend's queue")
                 yield client
+        finally:
+            cluster.close()  # shuts the cluster down
+            _forget_loop(cluster.gateway)
+    finally:
+        close_gateway(gateway)
+
+
+def close_gateway(gateway) -> None:
+    """Close a ``Gateway`` client once."""
+    gateway.close()
+    _forget_loop(gateway)
+
+
+def _forget_loop(gateway) -> None:
+    """With distributed 2026.8, a closed ``Gateway``'s ``__del__`` calls ``close()`` again, whose access to the
+    stopped loop raises (printed as an ignored exception); without its loop runner ``__del__`` does nothing."""
+    gateway.__dict__.pop("_loop_runner", None)
 
 
 def _options(gateway, profile, name: str | None, address: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import subprocess
 import time
@@ -71,25 +72,36 @@ def open(profile, request: Request, name: str | None = None):  # noqa: A001 - th
 
 def _start_jobs(cluster, profile, request: Request, name: str | None) -> None:
     """Submit the first jobs and wait for the batch system to accept them (not for them to start)."""
+    processes = cluster._dummy_job.worker_processes  # workers per job, as JobQueueCluster.scale computes it
     if profile.adapt is not None and request.workers is None:
         if profile.adapt.minimum_jobs:
-            _scale(cluster, profile, name, jobs=profile.adapt.minimum_jobs)
+            _submit(cluster, profile, name, profile.adapt.minimum_jobs)
         cluster.adapt(minimum_jobs=profile.adapt.minimum_jobs, maximum_jobs=profile.adapt.maximum_jobs)
-        return
-    if request.workers is not None:
-        _scale(cluster, profile, name, n=request.workers)
+    elif request.workers is not None:
+        _submit(cluster, profile, name, math.ceil(request.workers / processes))
     elif profile.scale is not None and profile.scale.n is not None:
-        _scale(cluster, profile, name, n=profile.scale.n)
+        _submit(cluster, profile, name, math.ceil(profile.scale.n / processes))
     else:
-        _scale(cluster, profile, name, jobs=profile.scale.jobs if profile.scale else 1)
+        _submit(cluster, profile, name, profile.scale.jobs if profile.scale else 1)
 
 
-def _scale(cluster, profile, name: str | None, **how) -> None:
+def _submit(cluster, profile, name: str | None, jobs: int) -> None:
+    """What ``cluster.scale(jobs=jobs)`` does, but waiting for the submissions so that a refusal is raised
+    here (``scale`` submits in a background callback that only logs failures)."""
+    from distributed.core import Status
+
     async def submit():
-        cluster.scale(**how)
-        await cluster._correct_state()  # the task scale() scheduled: its failures are the submissions'
+        while len(cluster.worker_spec) < jobs:
+            cluster.worker_spec.update(cluster.new_worker_spec())
+        try:
+            await cluster._correct_state()
+        except BaseException:
+            for job in cluster.workers.values():  # never submitted: nothing to cancel at close
+                if job.status == Status.created:
+                    job.status = Status.failed
+            raise
 
-    log.info("submitting %s worker jobs: %s", profile.system, how)
+    log.info("submitting %d %s worker jobs", jobs, profile.system)
     try:
         cluster.sync(submit)
     except FileNotFoundError as err:

@@ -207,12 +207,25 @@ def parse(data: Any, name: str | None = None) -> Profile:
         raise _field_error(err, name, data) from None
 
 
+def _field_path(loc: tuple) -> list[str]:
+    """The field names of a pydantic error location, without the union members pydantic adds
+    (``profile``, the kind, ``constrained-int``, ``literal['auto']``...)."""
+    parts = [str(p) for p in loc[1:]]  # drop "profile"
+    if parts and parts[0] in KINDS:  # the discriminated union puts the kind first
+        parts = parts[1:]
+    for i, part in enumerate(parts):
+        if not (part.isidentifier() or part.isdigit()):
+            return parts[:i]
+    return parts
+
+
 def _field_error(err: ValidationError, name: str | None, data: Mapping) -> ParameterError:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"][1:]]  # drop "profile"
-    if loc and loc[0] in KINDS:  # the discriminated union puts the kind first
-        loc = loc[1:]
-    msg = first["msg"]
+    errors = err.errors()
+    first = errors[0]
+    loc = _field_path(first["loc"])
+    same = [e for e in errors if _field_path(e["loc"]) == loc]  # a union's members fail together
+    msg = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))
+    n_more = len({tuple(_field_path(e["loc"])) for e in errors}) - 1
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = ["kind"]
         msg = (f"unknown kind {data.get('kind')!r}" if "kind" in data else "missing") + \
@@ -222,7 +235,7 @@ def _field_error(err: ValidationError, name: str | None, data: Mapping) -> Param
     elif first["type"] == "missing":
         msg = "required, missing"
     where = ".".join(["bigseg", "profiles", name, *loc] if name else ["profile", *loc])
-    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    more = f" (and {n_more} more problem(s))" if n_more else ""
     origin = f" (from {', '.join(sources(name))})" if name else ""
     return ParameterError(f"{where}: {msg}{more}{origin}")
 
