@@ -13,14 +13,24 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import dask.config
 
 from bigseg.cluster._backend import Request, why_no_workers
 from bigseg.cluster.local import WORKER_MEMORY, default_workers, detect_gpus, gpu_cluster
-from bigseg.cluster.profiles import (AddressProfile, GatewayProfile, JobqueueProfile, KubernetesProfile, LocalProfile,
-                                     Profile, describe_profiles, load_profile, parse)
+from bigseg.cluster.profiles import (
+    AddressProfile,
+    GatewayProfile,
+    JobqueueProfile,
+    KubernetesProfile,
+    LocalProfile,
+    Profile,
+    describe_profiles,
+    load_profile,
+    parse,
+)
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -67,7 +77,7 @@ def open_cluster(profile: str | Mapping | None = None, *, workers: int | None = 
         raise ParameterError(f"workers={workers}: give at least 1 worker")
     backend = importlib.import_module(f"bigseg.cluster.{BACKENDS[prof.kind]}")
     log.info("cluster profile %s (kind %s)", name or "(given)", prof.kind)
-    with backend.open(prof, Request(workers=workers, gpus=gpus, gpu=gpu), name) as client:
+    with backend.open_client(prof, Request(workers=workers, gpus=gpus, gpu=gpu), name) as client:
         yield client
 
 
@@ -102,6 +112,20 @@ def connect(scheduler: str | None = None, workers: int | None = None, client=Non
         yield c
 
 
-__all__ = ["AddressProfile", "GatewayProfile", "JobqueueProfile", "KubernetesProfile", "LocalProfile", "Profile",
-           "WORKER_MEMORY", "connect", "default_workers", "describe_profiles", "detect_gpus", "gpu_cluster",
-           "load_profile", "n_workers", "open_cluster"]
+__all__ = [
+    "WORKER_MEMORY",
+    "AddressProfile",
+    "GatewayProfile",
+    "JobqueueProfile",
+    "KubernetesProfile",
+    "LocalProfile",
+    "Profile",
+    "connect",
+    "default_workers",
+    "describe_profiles",
+    "detect_gpus",
+    "gpu_cluster",
+    "load_profile",
+    "n_workers",
+    "open_cluster",
+]

@@ -3,7 +3,7 @@ explanation a backend gives when its cluster has no workers.
 
 A backend module (``local``, ``address``, ``jobqueue``, ``gateway``, ``kubernetes``) provides::
 
-    def open(profile, request: Request, name: str | None) -> ContextManager[distributed.Client]
+    def open_client(profile, request: Request, name: str | None) -> ContextManager[distributed.Client]
 
 which starts or connects to a cluster for ``profile`` (``name``: its name in the configuration, for messages)
 and closes whatever it started when the context ends.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from bigseg.errors import ParameterError
 

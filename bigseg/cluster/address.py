@@ -25,7 +25,7 @@ def scheduler_address(profile, name: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def open(profile, request: Request, name: str | None = None):  # noqa: A001 - the backend interface
+def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     if request.workers is not None:
         raise ParameterError(f"workers={request.workers} and {where(name)} (an existing scheduler) exclude each "

@@ -42,7 +42,7 @@ def make_auth(profile, name: str | None):
 
 
 @contextlib.contextmanager
-def open(profile, request: Request, name: str | None = None):  # noqa: A001 - the backend interface
+def open_client(profile, request: Request, name: str | None = None):
     dask_gateway = require("dask_gateway", "gateway", name)
     if request.gpu and not profile.gpu:
         raise ParameterError(f"the method runs on GPUs but {where(name)} has no GPU workers; set "
@@ -56,7 +56,7 @@ def open(profile, request: Request, name: str | None = None):  # noqa: A001 - th
         options = _options(gateway, profile, name, address)
         try:
             cluster = gateway.new_cluster(options, shutdown_on_close=True)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - sorted by _gateway_error, the rest re-raised
             raise _gateway_error(err, address, profile, name) from None
         try:
             if profile.adapt is not None and request.workers is None:
@@ -90,7 +90,7 @@ def _options(gateway, profile, name: str | None, address: str):
     """The gateway's cluster options with the profile's (and for GPU profiles the GPU ones) applied."""
     try:
         options = gateway.cluster_options()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - sorted by _gateway_error, the rest re-raised
         raise _gateway_error(err, address, profile, name) from None
     wanted = dict(profile.options)
     if profile.gpu:

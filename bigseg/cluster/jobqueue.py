@@ -44,7 +44,7 @@ def cluster_kwargs(profile) -> dict:
 
 
 @contextlib.contextmanager
-def open(profile, request: Request, name: str | None = None):  # noqa: A001 - the backend interface
+def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     jobqueue = require("dask_jobqueue", "slurm", name)
     if request.gpu and not profile.gpu:
@@ -144,7 +144,7 @@ def explain(cluster, system: str) -> str:
 
 def _squeue(ids: list[str], fmt: str) -> list[str]:
     proc = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", fmt], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, check=False)
     return [line for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
 
 

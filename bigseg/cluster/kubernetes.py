@@ -50,7 +50,7 @@ def gpu_worker_spec(profile) -> dict:
 
 
 @contextlib.contextmanager
-def open(profile, request: Request, name: str | None = None):  # noqa: A001 - the backend interface
+def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     operator = require("dask_kubernetes.operator", "kubernetes", name)
     if request.gpu and not profile.gpu:

@@ -34,7 +34,7 @@ def detect_gpus() -> int:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     if shutil.which("nvidia-smi") is None:
         return 0
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
@@ -64,7 +64,7 @@ def local_cluster(workers: int, gpus: int = 0):
 
 
 @contextlib.contextmanager
-def open(profile, request: Request, name: str | None = None):  # noqa: A001 - the backend interface
+def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     n = request.workers or profile.workers or default_workers()
     if n < 1:

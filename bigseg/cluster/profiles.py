@@ -11,7 +11,8 @@ A profile is one model per kind, told apart by its ``kind`` field::
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Mapping, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import dask.config
 import yaml
@@ -151,7 +152,7 @@ class KubernetesProfile(_Profile):
         default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}})
 
 
-Profile = Annotated[Union[LocalProfile, AddressProfile, JobqueueProfile, GatewayProfile, KubernetesProfile],
+Profile = Annotated[LocalProfile | AddressProfile | JobqueueProfile | GatewayProfile | KubernetesProfile,
                     Field(discriminator="kind")]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -22,6 +23,10 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def read_text(path) -> str:
+    return pathlib.Path(path).read_text(errors="replace")
+
+
 def wait_until(check, timeout: float, what: str, log: str | None = None, interval: float = 0.2):
     """Call ``check()`` until it returns something truthy; fail after ``timeout`` s naming ``what`` and
     showing the end of ``log``."""
@@ -33,7 +38,7 @@ def wait_until(check, timeout: float, what: str, log: str | None = None, interva
         if time.monotonic() > deadline:
             tail = ""
             if log and os.path.exists(log):
-                tail = "\n" + "".join(open(log, errors="replace").readlines()[-30:])
+                tail = "\n" + "".join(read_text(log).splitlines(keepends=True)[-30:])
             raise RuntimeError(f"{what} not ready after {timeout:.0f} s{tail}")
         time.sleep(interval)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from services._process import stop, wait_until
+from services._process import read_text, stop, wait_until
 
 START_TIMEOUT_S = 60.0
 WORKERS = 2
@@ -57,13 +57,13 @@ def start() -> DaskCLI:
         wait_until(lambda: scheduler.poll() is not None or os.path.exists(sfile), START_TIMEOUT_S,
                    "dask scheduler", sched_log)
         if scheduler.poll() is not None:
-            raise RuntimeError("dask scheduler exited:\n" + open(sched_log).read()[-3000:])
+            raise RuntimeError("dask scheduler exited:\n" + read_text(sched_log)[-3000:])
         with open(work_log, "w") as log:
             workers = subprocess.Popen([*dask, "worker", "--scheduler-file", sfile, "--nworkers", str(WORKERS),
                                         "--nthreads", "1", "--memory-limit", "2GiB", "--host", "127.0.0.1",
                                         "--dashboard-address", "127.0.0.1:0", "--local-directory", folder],
                                        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        address = json.load(open(sfile))["address"]
+        address = json.loads(read_text(sfile))["address"]
         from distributed import Client
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(WORKERS, timeout=START_TIMEOUT_S)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from services._process import free_ports, stop, wait_until
+from services._process import free_ports, read_text, stop, wait_until
 
 START_TIMEOUT_S = 60.0
 
@@ -101,7 +101,7 @@ def start() -> Gateway:
         wait_until(lambda: proc.poll() is not None or gw.healthy(), START_TIMEOUT_S, "dask-gateway-server",
                    log_path)
         if proc.poll() is not None:
-            raise RuntimeError("dask-gateway-server exited:\n" + open(log_path).read()[-3000:])
+            raise RuntimeError("dask-gateway-server exited:\n" + read_text(log_path)[-3000:])
         return gw
     except BaseException:
         shutdown(gw)

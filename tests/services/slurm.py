@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services._process import free_ports, stop, wait_until
+from services._process import free_ports, read_text, stop, wait_until
 
 log = logging.getLogger(__name__)
 NODE = "bigseg-node"
@@ -41,7 +41,7 @@ def ensure_installed() -> None:
     lock = ["-o", "DPkg::Lock::Timeout=600"]
     for args in (["update"], ["install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]):
         for attempt in range(10):  # another apt-get may hold the lists lock for a while
-            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True)
+            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 break
             if "lock" not in proc.stderr.lower() or attempt == 9:
@@ -69,7 +69,7 @@ class Slurm:
     def cmd(self, *args: str, check: bool = True) -> str:
         """Output of a SLURM client command (``squeue``, ``sinfo``, ...) run against this SLURM."""
         proc = subprocess.run(list(args), env={**os.environ, **self.env}, capture_output=True, text=True,
-                              timeout=30)
+                              timeout=30, check=False)
         if check and proc.returncode:
             raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
@@ -84,7 +84,7 @@ class Slurm:
         for name in ("slurmctld.log", "slurmd.log"):
             path = os.path.join(self.root, name)
             if os.path.exists(path):
-                lines += [f"--- {name}"] + open(path, errors="replace").readlines()[-n:]
+                lines += [f"--- {name}"] + read_text(path).splitlines(keepends=True)[-n:]
         return "".join(lines)
 
 
@@ -132,20 +132,20 @@ def _start_munge(root: str) -> tuple[subprocess.Popen, str]:
     folder = os.path.join(root, "munge")
     os.makedirs(folder)
     shutil.chown(folder, "munge", "munge")
-    os.chmod(folder, 0o700)
+    os.chmod(folder, 0o755)  # munged requires its socket folder to be searchable by all
     key, sock = os.path.join(folder, "munge.key"), os.path.join(folder, "munge.socket")
     subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True)
     shutil.chown(key, "munge", "munge")
     os.chmod(key, 0o400)
     logfile = os.path.join(folder, "munged.log")
-    proc = subprocess.Popen(["/usr/sbin/munged", "--foreground", "--force", f"--key-file={key}",
+    proc = subprocess.Popen(["/usr/sbin/munged", "--foreground", f"--key-file={key}",
                              f"--socket={sock}", f"--pid-file={folder}/munged.pid", f"--log-file={logfile}",
                              f"--seed-file={folder}/munged.seed"],
                             user="munge", group="munge", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)
     wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, START_TIMEOUT_S, "munged", logfile)
     if proc.poll() is not None:
-        raise RuntimeError("munged exited:\n" + open(logfile, errors="replace").read()[-2000:])
+        raise RuntimeError("munged exited:\n" + read_text(logfile)[-2000:])
     return proc, sock
 
 
@@ -203,7 +203,7 @@ def _kill_orphan_steps(root: str) -> None:
         if p.info["name"] != "slurmstepd":
             continue
         try:
-            if marker in open(f"/proc/{p.pid}/environ", "rb").read().decode(errors="replace").split("\0"):
+            if marker in read_text(f"/proc/{p.pid}/environ").split("\0"):
                 p.kill()
         except (OSError, psutil.Error):
             pass
