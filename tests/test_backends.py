@@ -191,6 +191,29 @@ def test_slurm_workers_run_in_their_jobs_and_give_the_local_result(slurm, image,
     _assert_identical(res.labels, reference)
 
 
+def test_an_adaptive_slurm_profile_submits_jobs_only_for_the_work(slurm, image, reference, profiles, tmp_path):
+    class SeeJobs(Progress):
+        """Records the SLURM jobs running while blocks finish."""
+
+        def __init__(self):
+            self.running = set()
+
+        def advance(self, n=1):
+            self.running |= {i for i, state in slurm.jobs().items() if state == "RUNNING"}
+
+    before = set(slurm.jobs())
+    profiles({"elastic": {**_hpc(tmp_path), "scale": None, "adapt": {"minimum_jobs": 0, "maximum_jobs": 2}}})
+    spy = SeeJobs()
+    with open_cluster("elastic") as client:
+        idle = len(client.scheduler_info()["workers"]), set(slurm.jobs()) - before
+        assert n_workers(client) == 2  # the adaptive maximum, without waiting for a worker
+        res = bigseg.segment(image, "watershed", client=client, block=BLOCK, output=str(tmp_path / "out.zarr"),
+                             progress=spy)
+    assert idle == (0, set()) and spy.running - before
+    assert not set(slurm.jobs()) - before
+    _assert_identical(res.labels, reference)
+
+
 def test_slurm_refusing_the_job_is_one_line_with_its_reason_and_nothing_is_written(slurm, image, profiles,
                                                                                  tmp_path):
     before = set(slurm.jobs())
@@ -242,7 +265,9 @@ def test_a_gateway_cluster_gives_the_local_result(gateway, image, reference, pro
         client.wait_for_workers(2, timeout=60)
         assert client.scheduler.address.startswith(gateway.proxy_address.split(":")[0] + "://")
         assert len(_gateway_clusters(gateway)) == 1
+        imported = set(client.run(lambda: __import__("bigseg").__file__).values())
         res = bigseg.segment(image, "watershed", client=client, block=BLOCK, output=str(tmp_path / "out.zarr"))
+    assert imported == {os.path.join(REPO, "bigseg", "__init__.py")}
     assert _gateway_clusters(gateway) == []  # shut down when the context ended
     _assert_identical(res.labels, reference)
 

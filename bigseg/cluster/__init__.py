@@ -18,7 +18,7 @@ from typing import Any
 
 import dask.config
 
-from bigseg.cluster._backend import Request, why_no_workers
+from bigseg.cluster._backend import Request, adaptive_maximum, why_no_workers
 from bigseg.cluster.local import WORKER_MEMORY, default_workers, detect_gpus, gpu_cluster
 from bigseg.cluster.profiles import (
     AddressProfile,
@@ -82,13 +82,16 @@ def open_cluster(profile: str | Mapping | None = None, *, workers: int | None = 
 
 
 def n_workers(client, timeout: str | float | None = None) -> int:
-    """Workers of ``client``'s cluster, waiting for the first one if it has none yet (batch jobs queued,
-    adaptive clusters). After ``timeout`` (default ``bigseg.worker-timeout``) a one-line ParameterError says
-    what to check (e.g. the SLURM jobs' state and reason)."""
+    """Workers of ``client``'s cluster, waiting for the first one if it has none yet (batch jobs queued, a
+    gateway still starting them). After ``timeout`` (default ``bigseg.worker-timeout``) a one-line
+    ParameterError says what to check (e.g. the SLURM jobs' state and reason). An adaptive cluster starts
+    workers only once work is submitted: without workers, its maximum is returned at once."""
     from dask.utils import parse_timedelta
     n = len(client.scheduler_info().get("workers", {}))
     if n:
         return n
+    if adaptive_maximum(client):
+        return adaptive_maximum(client)
     timeout = timeout if timeout is not None else dask.config.get("bigseg.worker-timeout", default="300s")
     seconds = parse_timedelta(timeout, default="s")
     try:

@@ -44,11 +44,20 @@ def require(module: str, extra: str, name: str | None = None):
 
 
 _explain: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_adaptive: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def on_no_workers(client, explain: Callable[[], str]) -> None:
-    """Register what to tell the user if ``client``'s cluster gets no worker in time."""
+def on_no_workers(client, explain: Callable[[], str], adaptive_maximum: int | None = None) -> None:
+    """Register what to tell the user if ``client``'s cluster gets no worker in time, and for an adaptive
+    cluster (which starts workers only once there is work) how many workers it may grow to."""
     _explain[client] = explain
+    if adaptive_maximum is not None:
+        _adaptive[client] = adaptive_maximum
+
+
+def adaptive_maximum(client) -> int | None:
+    """The most workers an adaptive cluster may start (None: not adaptive)."""
+    return _adaptive.get(client)
 
 
 def why_no_workers(client) -> str:

@@ -64,8 +64,10 @@ def open_client(profile, request: Request, name: str | None = None):
             else:
                 cluster.scale(request.workers or profile.scale or 1)
             with cluster.get_client(set_as_default=True) as client:
+                adaptive = profile.adapt.maximum if profile.adapt is not None and request.workers is None else None
                 on_no_workers(client, lambda: f"the gateway cluster {cluster.name} at {address} has no "
-                                              "workers yet: check the gateway's limits and its backend's queue")
+                                              "workers yet: check the gateway's limits and its backend's queue",
+                              adaptive)
                 yield client
         finally:
             cluster.close()  # shuts the cluster down

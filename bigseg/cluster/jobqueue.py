@@ -59,7 +59,8 @@ def open_client(profile, request: Request, name: str | None = None):
         with cluster:
             _start_jobs(cluster, profile, request, name)
             with Client(cluster) as client:
-                on_no_workers(client, lambda: explain(cluster, profile.system))
+                on_no_workers(client, lambda: explain(cluster, profile.system),
+                              _adaptive_maximum(cluster, profile, request))
                 try:
                     yield client
                 finally:
@@ -83,6 +84,12 @@ def _start_jobs(cluster, profile, request: Request, name: str | None) -> None:
         _submit(cluster, profile, name, math.ceil(profile.scale.n / processes))
     else:
         _submit(cluster, profile, name, profile.scale.jobs if profile.scale else 1)
+
+
+def _adaptive_maximum(cluster, profile, request: Request) -> int | None:
+    if profile.adapt is None or request.workers is not None:
+        return None
+    return profile.adapt.maximum_jobs * cluster._dummy_job.worker_processes
 
 
 def _submit(cluster, profile, name: str | None, jobs: int) -> None:
