@@ -433,3 +433,14 @@ def test_workers_and_an_existing_scheduler_exclude_each_other(dask_cli):
     with pytest.raises(ParameterError) as err, contextlib.ExitStack() as stack:
         stack.enter_context(open_cluster({"kind": "address", "address": dask_cli.address}, workers=2))
     assert "exclude each other" in _one_line(err.value)
+
+
+def test_dask_style_hyphenated_keys_are_accepted(profiles):
+    profiles({"cloud": {"kind": "gateway", "proxy-address": "gateway://h:8001", "auth": {"password-env": "PW"},
+                        "gpu-options": {"worker_gpus": 1}},
+              "hpc": {"kind": "jobqueue", "cluster": {"job-extra-directives": ["--gres=gpu:1"]},
+                      "adapt": {"maximum-jobs": 4}}})
+    cloud, hpc = load_profile("cloud"), load_profile("hpc")
+    assert (cloud.proxy_address, cloud.auth.password_env, cloud.gpu_options) == ("gateway://h:8001", "PW",
+                                                                                 {"worker_gpus": 1})
+    assert hpc.cluster == {"job_extra_directives": ["--gres=gpu:1"]} and hpc.adapt.maximum_jobs == 4

@@ -203,9 +203,23 @@ def parse(data: Any, name: str | None = None) -> Profile:
         raise ParameterError(f"{where}: expected a mapping with a kind ({', '.join(KINDS)}), got "
                              f"{type(data).__name__}")
     try:
-        return _Any.model_validate({"profile": dict(data)}).profile
+        return _Any.model_validate({"profile": _underscored(data)}).profile
     except ValidationError as err:
         raise _field_error(err, name, data) from None
+
+
+#: Settings whose keys are Python names, where Dask's ``-`` spelling means ``_`` (not env, resources, ...).
+_PYTHON_KEYS = ("auth", "scale", "adapt", "cluster", "options", "gpu_options", "scheduler_options")
+
+
+def _underscored(data: Mapping) -> dict:
+    """Dask config keys may be spelt with ``-`` (``password-env``): the profile's own keys and those of its
+    Python-keyword settings get ``_``."""
+    out = {}
+    for key, value in data.items():
+        key = key.replace("-", "_") if isinstance(key, str) else key
+        out[key] = _underscored(value) if key in _PYTHON_KEYS and isinstance(value, Mapping) else value
+    return out
 
 
 def _field_path(loc: tuple) -> list[str]:
