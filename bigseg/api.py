@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from bigseg.errors import ParameterError
 from bigseg.pipeline import SegmentResult
 from bigseg.spec import JobSpec, from_file, from_kwargs
 
@@ -44,14 +45,19 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     """
     spec = as_spec(job, method, name, **kwargs)
     from bigseg import cluster, pipeline
-    if client is None and scheduler is None:  # check everything before a local cluster starts
-        job_plan = pipeline.plan(spec, workers or cluster.default_workers())
-        if gpus is None and job_plan.method.resources():
-            gpus = "auto"
-        with cluster.connect(workers=workers, gpus=gpus) as c:
-            return pipeline.run(job_plan, c, progress)
-    with cluster.connect(scheduler, workers, client) as c:
-        return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, progress)
+    if client is not None:
+        return pipeline.run(pipeline.plan(spec, cluster.n_workers(client)), client, progress)
+    if scheduler is not None:
+        if profile is not None:
+            raise ParameterError("a scheduler address and a profile exclude each other: give one")
+        profile = {"kind": "address", "address": scheduler}
+    name, prof = cluster.resolve_profile(profile)
+    planned = prof.planned_workers(workers)
+    job_plan = pipeline.plan(spec, planned) if planned else None  # checked before a cluster starts
+    gpu = bool((job_plan.method if job_plan else spec.method).resources())
+    with cluster.open_cluster(prof, workers=workers, gpus=gpus, gpu=gpu) as c:
+        job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
+        return pipeline.run(job_plan, c, progress)
 
 
 def as_spec(job, method=None, name: str | None = None, **kwargs) -> JobSpec:

@@ -38,6 +38,11 @@ BACKENDS = {"local": "local", "address": "address", "jobqueue": "jobqueue", "gat
             "kubernetes": "kubernetes"}
 
 
+def resolve_profile(profile) -> tuple[str | None, Any]:
+    """(name or None, validated profile) for a profile name (default ``bigseg.profile``), mapping or model."""
+    return _resolve(profile)
+
+
 def _resolve(profile) -> tuple[str | None, Any]:
     if profile is None or isinstance(profile, str):
         from bigseg.cluster.profiles import default_name

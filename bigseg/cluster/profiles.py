@@ -44,6 +44,11 @@ class _Profile(_Strict):
     #: fsspec options per protocol for the job's input and output (default: the standard environment variables).
     storage_options: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
 
+    def planned_workers(self, workers: int | None = None) -> int | None:
+        """How many workers the cluster will have (sizes the default blocks before it starts); ``None``: ask
+        the running cluster."""
+        return workers
+
 
 class LocalProfile(_Profile):
     """Worker processes on this machine (``LocalCluster``), plus one GPU worker per GPU (``gpus``)."""
@@ -51,6 +56,10 @@ class LocalProfile(_Profile):
     kind: Literal["local"] = "local"
     workers: PositiveInt | None = None
     gpus: NonNegativeInt | Literal["auto"] = 0
+
+    def planned_workers(self, workers: int | None = None) -> int | None:
+        from bigseg.cluster.local import default_workers
+        return workers or self.workers or default_workers()
 
 
 class AddressProfile(_Profile):
@@ -100,6 +109,13 @@ class JobqueueProfile(_Profile):
             raise ValueError("give scale or adapt, not both")
         return self
 
+    def planned_workers(self, workers: int | None = None) -> int | None:
+        per_job = int(self.cluster.get("processes", 1))
+        if workers or (self.scale and self.scale.n):
+            return workers or self.scale.n
+        jobs = self.scale.jobs if self.scale else (self.adapt.maximum_jobs if self.adapt else None)
+        return jobs * per_job if jobs else None
+
 
 class GatewayAuth(_Strict):
     """How to log in to a gateway; secrets are read from environment variables, never from the profile."""
@@ -135,6 +151,9 @@ class GatewayProfile(_Profile):
             raise ValueError("give scale or adapt, not both")
         return self
 
+    def planned_workers(self, workers: int | None = None) -> int | None:
+        return workers or self.scale or (self.adapt.maximum if self.adapt else None)
+
 
 class KubernetesProfile(_Profile):
     """A ``DaskCluster`` of the dask-kubernetes operator; ``gpu``: an extra worker group with one GPU each."""
@@ -150,6 +169,9 @@ class KubernetesProfile(_Profile):
     gpu_workers: PositiveInt = 1
     gpu_resources: dict[str, dict[str, str | int]] = Field(
         default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}})
+
+    def planned_workers(self, workers: int | None = None) -> int | None:
+        return workers or self.n_workers
 
 
 Profile = Annotated[LocalProfile | AddressProfile | JobqueueProfile | GatewayProfile | KubernetesProfile,
