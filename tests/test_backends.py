@@ -7,6 +7,7 @@ import contextlib
 import glob
 import json
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -189,6 +190,38 @@ def test_slurm_workers_run_in_their_jobs_and_give_the_local_result(slurm, image,
     assert imported == {os.path.join(REPO, "bigseg", "__init__.py")}
     assert not ids & set(slurm.jobs())  # cancelled when the context ended
     _assert_identical(res.labels, reference)
+
+
+def test_the_cli_runs_a_job_file_on_the_slurm_profile(slurm, image, reference, profiles, tmp_path):
+    """`bigseg segment --spec job.yaml --profile hpc`: the blocks run in SLURM jobs (seen RUNNING in squeue
+    while the job runs), the output is the local one, and no job is left afterwards."""
+    import subprocess
+    import sys
+    import threading
+    config = profiles({"hpc": _hpc(tmp_path)})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"version": 1, "input": {"url": image}, "method": {"name": "watershed"},
+                                   "blocks": {"shape": list(BLOCK)}, "output": {"url": str(tmp_path / "out.zarr")}}))
+    before, seen, done = set(slurm.jobs()), set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(i for i, state in slurm.jobs().items() if state == "RUNNING")
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bigseg.cli", "segment", "--spec", str(job), "--profile", "hpc",
+                               "--json"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **slurm.env, "DASK_CONFIG": os.path.dirname(config)})
+    finally:
+        done.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr
+    assert len(seen - before) == 2  # the profile's two worker jobs ran
+    assert not set(slurm.jobs()) - before
+    _assert_identical(json.loads(proc.stdout.strip().splitlines()[-1])["labels"], reference)
 
 
 def test_an_adaptive_slurm_profile_submits_jobs_only_for_the_work(slurm, image, reference, profiles, tmp_path):
