@@ -10,6 +10,7 @@ import zarr
 
 from bigseg.errors import OutputError
 from bigseg.io import store
+from bigseg.io.access import check_output
 from bigseg.io.lock import LOCK_NAME
 from bigseg.io.ome import ImageView, normalize_url, ome_attrs, open_group
 
@@ -60,10 +61,10 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
                              image.url, True)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
+    _check_writable(target)
     if not overwrite and state(target.url) in ("complete", "other"):
         raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose "
                           "another --name / --output")
-    _check_writable(target)
     return target
 
 
@@ -89,6 +90,7 @@ def incomplete_labels(image_url: str) -> list[str]:
 
 def _check_writable(target: LabelTarget) -> None:
     if "://" in target.url:
+        check_output(target.url)
         return
     parent = os.path.dirname(os.path.abspath(target.url))
     while not os.path.exists(parent):
