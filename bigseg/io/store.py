@@ -88,7 +88,7 @@ def publish(src: str, dst: str) -> None:
     if not is_object_store(fs) and not fs.exists(dst_path):
         fs.mv(src_path, dst_path, recursive=True)
         return
-    names = fs.find(src_path)
+    names = [name for name, info in fs.find(src_path, detail=True).items() if info["type"] == "file"]
     if names:
         targets = [posixpath.join(dst_path, posixpath.relpath(name, src_path)) for name in names]
         if is_object_store(fs):

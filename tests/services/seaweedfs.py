@@ -54,10 +54,10 @@ class S3Server:
 
     endpoint: str
     key: str
-    secret: str
-    process: subprocess.Popen
-    folder: str
-    log_path: str
+    secret: str = field(repr=False)
+    process: subprocess.Popen = field(repr=False)
+    folder: str = ""
+    log_path: str = ""
     buckets: list[str] = field(default_factory=list)
 
     @property
@@ -72,9 +72,10 @@ class S3Server:
         return {"s3": {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint}}
 
     def filesystem(self, **overrides):
-        """A fresh s3fs filesystem with these credentials (not the cached instance)."""
+        """A fresh s3fs filesystem with these credentials (not the cached instance, no cached listings)."""
         import s3fs
-        kwargs = {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint, **overrides}
+        kwargs = {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint,
+                  "use_listings_cache": False, **overrides}
         return s3fs.S3FileSystem(skip_instance_cache=True, **kwargs)
 
     def bucket(self, prefix: str = "bigseg") -> str:
