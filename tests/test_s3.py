@@ -106,13 +106,22 @@ def _assert_same_as_reference(s3, url: str, reference) -> None:  # noqa: F811
     assert not [p for p in names if "/.bigseg-work/" in p or p.endswith(lock_io.LOCK_NAME)]  # nothing left over
 
 
-def test_s3_input_and_s3_output_match_local_disk(client, configured, image, reference, bucket):
+def test_s3_image_gets_its_labels_on_s3_identical_to_local_disk(client, configured, image, reference, bucket):
     src = _upload(configured, image, bucket)
-    res = bigseg.segment(src, "watershed", output=f"s3://{bucket}/out.zarr", block=BLOCK, client=client)
-    assert res.labels == f"s3://{bucket}/out.zarr"
+    res = bigseg.segment(src, "watershed", name="nuclei", block=BLOCK, client=client)
+    assert res.labels == f"{src}/labels/nuclei"
     _assert_same_as_reference(configured, res.labels, reference)
     attrs = zarr.open_group(res.labels, mode="r").attrs.asdict()
-    assert attrs["bigseg"]["status"] == "complete" and attrs["ome"]["multiscales"][0]["datasets"]
+    assert attrs["bigseg"]["status"] == "complete" and len(attrs["ome"]["multiscales"][0]["datasets"]) == 3
+    assert bigseg.open_image(src).labels == ("nuclei",)  # listed in the image's labels group on S3
+
+
+def test_storage_options_are_checked_and_never_shown():
+    from bigseg.errors import ParameterError
+    plugin = StorageOptions({"s3": {"key": "k", "secret": "s3cr3t-value", "endpoint_url": "http://127.0.0.1:1"}})
+    assert "s3cr3t-value" not in repr(plugin) and "s3" in repr(plugin)
+    with pytest.raises(ParameterError, match="storage_options must map a protocol"):
+        StorageOptions({"s3": "key=k"})
 
 
 def test_local_input_s3_output_and_s3_input_local_output(client, configured, image, reference, bucket, tmp_path):
@@ -290,10 +299,10 @@ def test_an_interrupted_publish_on_s3_resumes(configured, bucket, cut):
 
 
 def test_a_publish_killed_on_s3_resumes(configured, bucket):
-    """A real interruption: a process publishing 300 files is killed once the first ones are at the target."""
+    """A real interruption: a process publishing 200 files is killed once the first ones are at the target."""
     s3 = configured
     fs = s3.filesystem()
-    fs.pipe({f"{bucket}/src/f{i:04d}": str(i).encode() for i in range(300)})
+    fs.pipe({f"{bucket}/src/f{i:04d}": str(i).encode() for i in range(200)})
     code = ("import sys; from bigseg.io import store; store.publish(sys.argv[1], sys.argv[2])")
     env = {**os.environ, **s3.env, "PYTHONPATH": REPO}
     proc = subprocess.Popen([sys.executable, "-c", code, f"s3://{bucket}/src", f"s3://{bucket}/dst"], env=env)
@@ -307,8 +316,8 @@ def test_a_publish_killed_on_s3_resumes(configured, bucket):
     assert _files(fs, f"{bucket}/src")  # killed part-way
     store.publish(f"s3://{bucket}/src", f"s3://{bucket}/dst")
     assert _files(fs, f"{bucket}/src") == []
-    assert fs.cat([f"{bucket}/dst/f{i:04d}" for i in range(300)]) == \
-        {f"{bucket}/dst/f{i:04d}": str(i).encode() for i in range(300)}
+    assert fs.cat([f"{bucket}/dst/f{i:04d}" for i in range(200)]) == \
+        {f"{bucket}/dst/f{i:04d}": str(i).encode() for i in range(200)}
 
 
 # -- the CLI, killed and resumed, credentials from the environment ------------------------------------------

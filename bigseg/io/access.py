@@ -47,7 +47,8 @@ def check_output(url: str) -> None:
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
         for prefix in new:  # stores backed by a file system (SeaweedFS) keep the folders a put created
-            fs.rm_file(prefix + "/")
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(prefix + "/")
 
 
 def _missing_prefixes(fs, path: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ import uuid
 from bigseg.errors import OutputError
 from bigseg.io import store
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
 STALE_S = 120.0
 LOCK_NAME = ".bigseg-lock"
@@ -89,8 +91,9 @@ class JobLock:
             try:
                 if (read(self.url) or {}).get("token") == self.token:
                     store.save_bytes(self.url, self._content())
-            except OSError:
-                pass
+            except Exception as err:  # noqa: BLE001 - a store's transient failure (OSError, botocore's own): retry
+                log.warning("could not renew the lock %s (%s); retrying in %.0f s", self.url, type(err).__name__,
+                            HEARTBEAT_S)
 
     def release(self) -> None:
         self._stop.set()
