@@ -21,11 +21,14 @@ CREDENTIALS_HINT = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCES
 ENDPOINT_HINT = "check the endpoint (AWS_ENDPOINT_URL, or the profile's storage_options endpoint_url) and the network"
 
 
-def check_input(url: str) -> None:
-    """Raise :class:`InputError` unless ``url`` (an fsspec URL) can be read: its bucket exists, the
-    credentials are accepted and something is there."""
+def check_input(url: str, cause: BaseException | None = None) -> None:
+    """Raise :class:`InputError` saying why ``url`` (an fsspec URL) cannot be read: refused credentials, an
+    unreachable store, a missing bucket, nothing there. Returns if none of these is the reason. ``cause``:
+    the error that opening it raised (checked first, so that a refusal costs no further request)."""
     fs, path = store.filesystem(url)
     with _translated(url, InputError, "read"):
+        if cause is not None and _is_refusal(cause):
+            raise cause
         _check_bucket(fs, path, url, InputError, "check the URL of the image")
         if not fs.exists(path):
             raise InputError(f"{url}: nothing there; give the URL of an OME-Zarr image")
@@ -91,6 +94,10 @@ def _translated(url: str, error: type[BigsegError], verb: str):
             where = f" at {endpoint}" if endpoint else ""
             raise error(f"cannot {verb} {url}: the object store{where} cannot be reached; {ENDPOINT_HINT}") from None
         raise
+
+
+def _is_refusal(err: BaseException) -> bool:
+    return isinstance(err, (PermissionError, ConnectionError)) or _botocore_kind(err) is not None
 
 
 def _reason(err: BaseException) -> str:

@@ -61,10 +61,12 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
                              image.url, True)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
-    _check_writable(target)
+    if "://" in target.url:
+        check_output(target.url)  # first: reading its state needs the same access
     if not overwrite and state(target.url) in ("complete", "other"):
         raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose "
                           "another --name / --output")
+    _check_writable(target)
     return target
 
 
@@ -90,8 +92,7 @@ def incomplete_labels(image_url: str) -> list[str]:
 
 def _check_writable(target: LabelTarget) -> None:
     if "://" in target.url:
-        check_output(target.url)
-        return
+        return  # checked by check_output
     parent = os.path.dirname(os.path.abspath(target.url))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

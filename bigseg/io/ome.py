@@ -191,12 +191,12 @@ def open_image(url: str) -> OmeImage:
         raise InputError(f"{url}: no such file or directory; give the path of an OME-Zarr image (.zarr)")
     if not _is_url(url) and not os.path.isdir(url):
         raise InputError(f"{url}: not a Zarr store (it is a file); give the path of an OME-Zarr image folder")
-    if _is_url(url):
-        from bigseg.io.access import check_input
-        check_input(url)
     try:
         group = open_group(url, mode="r")
     except Exception as err:  # zarr raises several types for "nothing here"
+        if _is_url(url):  # say why: refused credentials, an unreachable store, a missing bucket, nothing there
+            from bigseg.io.access import check_input
+            check_input(url, err)
         raise InputError(f"{url}: not a Zarr group ({type(err).__name__}); "
                          "convert the image to OME-Zarr first, e.g. with bioformats2raw") from None
     ome, version = ome_attrs(group)
