@@ -151,7 +151,8 @@ def _one_line(err: Exception, s3) -> str:  # noqa: F811
 
 
 @pytest.mark.parametrize("side", ["input", "output"])
-def test_wrong_credentials_are_refused_in_one_line_and_nothing_is_written(client, configured, image, bucket, wrong, side):
+def test_wrong_credentials_are_refused_in_one_line_and_nothing_is_written(client, configured, image, bucket, wrong,
+                                                                          side):
     src = _upload(configured, image, bucket) if side == "input" else image
     before = _objects(configured, bucket)
     wrong(secret="wrong-secret-" + uuid.uuid4().hex)
@@ -304,11 +305,10 @@ def test_an_interrupted_publish_on_s3_resumes(configured, bucket, cut):
 @pytest.mark.faults
 def test_a_publish_killed_on_s3_resumes(configured, bucket):
     """A real interruption: a process publishing 200 files is killed once the first ones are at the target."""
-    s3 = configured
-    fs = s3.filesystem()
+    fs = configured.filesystem()
     fs.pipe({f"{bucket}/src/f{i:04d}": str(i).encode() for i in range(200)})
     code = ("import sys; from bigseg.io import store; store.publish(sys.argv[1], sys.argv[2])")
-    env = {**os.environ, **s3.env, "PYTHONPATH": REPO}
+    env = {**os.environ, **configured.env, "PYTHONPATH": REPO}
     proc = subprocess.Popen([sys.executable, "-c", code, f"s3://{bucket}/src", f"s3://{bucket}/dst"], env=env)
     try:
         while not _files(fs, f"{bucket}/dst"):
