@@ -166,6 +166,20 @@ def test_wrong_credentials_are_refused_in_one_line_and_nothing_is_written(client
     assert _objects(configured, bucket) == before
 
 
+def test_read_only_credentials_read_an_s3_image_but_cannot_label_it_in_place(client, configured, image, bucket,
+                                                                            wrong):
+    src = _upload(configured, image, bucket)
+    before = _objects(configured, bucket)
+    wrong(key=configured.readonly_key, secret=configured.readonly_secret)
+    assert bigseg.open_image(src).levels[0].shape == SHAPE  # reading is allowed
+    with pytest.raises(OutputError) as info:
+        bigseg.segment(src, "watershed", name="nuclei", block=BLOCK, client=client)
+    text = _one_line(info.value, configured)
+    assert text.startswith(f"cannot write to {src}/labels/nuclei: access denied") and "use --output" in text
+    assert configured.readonly_secret not in text
+    assert _objects(configured, bucket) == before
+
+
 @pytest.mark.parametrize("side", ["input", "output"])
 def test_a_missing_bucket_is_refused_and_not_created(client, configured, image, bucket, side):
     missing = f"missing-{uuid.uuid4().hex[:12]}"

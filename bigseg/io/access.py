@@ -34,12 +34,13 @@ def check_input(url: str, cause: BaseException | None = None) -> None:
             raise InputError(f"{url}: nothing there; give the URL of an OME-Zarr image")
 
 
-def check_output(url: str) -> None:
+def check_output(url: str, hint: str = "") -> None:
     """Raise :class:`OutputError` unless files can be written under ``url`` (an fsspec URL): its bucket
-    exists and the credentials may write. The check writes one empty file and deletes it."""
+    exists and the credentials may write. The check writes one empty file and deletes it. ``hint`` ends
+    the message of a refusal (e.g. where else to write)."""
     fs, path = store.filesystem(url)
     probe = store.join(path, f".bigseg-write-check-{uuid.uuid4().hex}")
-    with _translated(url, OutputError, "write to"):
+    with _translated(url, OutputError, "write to", hint):
         _check_bucket(fs, path, url, OutputError, "create the bucket first, or choose another --output")
         if not store.is_object_store(fs):
             fs.makedirs(path, exist_ok=True)
@@ -75,7 +76,7 @@ def _check_bucket(fs, path: str, url: str, error: type[BigsegError], fix: str) -
 
 
 @contextlib.contextmanager
-def _translated(url: str, error: type[BigsegError], verb: str):
+def _translated(url: str, error: type[BigsegError], verb: str, hint: str = ""):
     """Turn the object store's refusals into one-line user errors; anything else is a bug and propagates."""
     try:
         yield
@@ -83,7 +84,7 @@ def _translated(url: str, error: type[BigsegError], verb: str):
         raise
     except PermissionError as err:
         raise error(f"cannot {verb} {url}: access denied ({redact(_reason(err))}); {CREDENTIALS_HINT} and the "
-                    "bucket's permissions") from None
+                    f"bucket's permissions{hint}") from None
     except Exception as err:  # noqa: BLE001 - sorted below, re-raised when not a user's mistake
         kind = _botocore_kind(err)
         if kind == "credentials":

@@ -61,8 +61,8 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
                              image.url, True)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
-    if "://" in target.url:
-        check_output(target.url)  # first: reading its state needs the same access
+    if "://" in target.url:  # first: reading its state needs the same access
+        check_output(target.url, "; or use --output to write the labels elsewhere" if target.in_image else "")
     if not overwrite and state(target.url) in ("complete", "other"):
         raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose "
                           "another --name / --output")

