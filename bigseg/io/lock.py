@@ -6,7 +6,9 @@ is older than :data:`STALE_S` (a holder on another machine that stopped).
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import threading
@@ -16,6 +18,7 @@ import uuid
 from bigseg.errors import OutputError
 from bigseg.io import store
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
 STALE_S = 120.0
 LOCK_NAME = ".bigseg-lock"
@@ -47,6 +50,8 @@ class JobLock:
 
     def _create(self) -> bool:
         fs, path = store.filesystem(self.url)
+        if store.is_object_store(fs):
+            return self._create_object(fs, path)
         try:
             fs.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as err:
@@ -59,9 +64,26 @@ class JobLock:
             with os.fdopen(fd, "wb") as f:
                 f.write(self._content())
             return True
-        if fs.exists(path):  # object stores: create, then check that we won
+        if fs.exists(path):  # other file systems: create, then check that we won
             return False
         store.save_bytes(self.url, self._content())
+        return (read(self.url) or {}).get("token") == self.token
+
+    def _create_object(self, fs, path: str) -> bool:
+        """Object stores: a conditional put (``If-None-Match: *``, refused when the lock exists), where the
+        store and its fsspec driver support one; then check that we won."""
+        try:
+            fs.pipe_file(path, self._content(), mode="create")
+        except FileExistsError:
+            return False
+        except TypeError:  # the driver has no exclusive create: check, then write
+            if fs.exists(path):
+                return False
+            store.save_bytes(self.url, self._content())
+        except OSError as err:
+            if err.errno == errno.EINVAL and "condition" in str(err).lower():  # 412 Precondition Failed
+                return False
+            raise
         return (read(self.url) or {}).get("token") == self.token
 
     def _beat(self) -> None:
@@ -69,8 +91,9 @@ class JobLock:
             try:
                 if (read(self.url) or {}).get("token") == self.token:
                     store.save_bytes(self.url, self._content())
-            except OSError:
-                pass
+            except Exception as err:  # noqa: BLE001 - a store's transient failure (OSError, botocore's own): retry
+                log.warning("could not renew the lock %s (%s); retrying in %.0f s", self.url, type(err).__name__,
+                            HEARTBEAT_S)
 
     def release(self) -> None:
         self._stop.set()
@@ -101,10 +124,12 @@ def read(url: str) -> dict | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except ValueError:  # empty or half written: as old as the file (a crash while creating it goes stale)
-        path = store.filesystem(url)[1]
+        fs, path = store.filesystem(url)
         try:
-            return {"heartbeat": os.path.getmtime(path) if os.path.exists(path) else time.time()}
-        except OSError:
+            return {"heartbeat": fs.modified(path).timestamp()}
+        except FileNotFoundError:
+            return {"heartbeat": time.time()}
+        except (OSError, NotImplementedError):
             return None
 
 

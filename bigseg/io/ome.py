@@ -201,6 +201,9 @@ def open_image(url: str) -> OmeImage:
     try:
         group = open_group(url, mode="r")
     except Exception as err:  # zarr raises several types for "nothing here"
+        if _is_url(url):  # say why: refused credentials, an unreachable store, a missing bucket, nothing there
+            from bigseg.io.access import check_input
+            check_input(url, err)
         raise InputError(f"{url}: not a Zarr group ({type(err).__name__}); "
                          "convert the image to OME-Zarr first, e.g. with bioformats2raw") from None
     ome, version = ome_attrs(group)
