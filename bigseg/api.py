@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from bigseg.errors import ParameterError
+from bigseg.io import store
+from bigseg.io.storage import StorageOptions
 from bigseg.pipeline import SegmentResult
 from bigseg.spec import JobSpec, from_file, from_kwargs
 
@@ -52,12 +54,19 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
             raise ParameterError("a scheduler address and a profile exclude each other: give one")
         profile = {"kind": "address", "address": scheduler}
     name, prof = cluster.resolve_profile(profile)
-    planned = prof.planned_workers(workers)
-    job_plan = pipeline.plan(spec, planned) if planned else None  # checked before a cluster starts
-    gpu = bool((job_plan.method if job_plan else spec.method).resources())
-    with cluster.open_cluster(prof, workers=workers, gpus=gpus, gpu=gpu) as c:
-        job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
-        return pipeline.run(job_plan, c, progress)
+    previous = store.configure(prof.storage_options) if prof.storage_options else None
+    try:
+        planned = prof.planned_workers(workers)
+        job_plan = pipeline.plan(spec, planned) if planned else None  # checked before a cluster starts
+        gpu = bool((job_plan.method if job_plan else spec.method).resources())
+        with cluster.open_cluster(prof, workers=workers, gpus=gpus, gpu=gpu) as c:
+            if prof.storage_options:
+                c.register_plugin(StorageOptions(prof.storage_options))
+            job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
+            return pipeline.run(job_plan, c, progress)
+    finally:
+        if previous is not None:
+            store.configure(previous)
 
 
 def as_spec(job, method=None, name: str | None = None, **kwargs) -> JobSpec:

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -114,6 +115,23 @@ def test_s3_image_gets_its_labels_on_s3_identical_to_local_disk(client, configur
     attrs = zarr.open_group(res.labels, mode="r").attrs.asdict()
     assert attrs["bigseg"]["status"] == "complete" and len(attrs["ome"]["multiscales"][0]["datasets"]) == 3
     assert bigseg.open_image(src).labels == ("nuclei",)  # listed in the image's labels group on S3
+
+
+def test_a_profile_with_storage_options_runs_an_s3_job_on_workers_without_credentials(s3, image, reference,
+                                                                                      bucket, monkeypatch):
+    """The profile's storage options reach this process and a new cluster's workers (whose environment has no
+    AWS variables): the job runs and gives the local result; afterwards this process has its old options."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    previous = store.configure({"s3": {}})  # nothing configured in this process either
+    try:
+        src = _upload(s3, image, bucket)
+        profile = {"kind": "local", "workers": 2, "storage_options": s3.storage_options}
+        res = bigseg.segment(src, "watershed", name="nuclei", block=BLOCK, profile=profile)
+        assert "s3" not in fsspec.config.conf  # restored after the job
+    finally:
+        store.configure(previous)
+    _assert_same_as_reference(s3, res.labels, reference)
 
 
 def test_storage_options_are_checked_and_never_shown():
