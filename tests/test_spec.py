@@ -46,7 +46,8 @@ def test_flags_job_file_and_python_are_one_model(capsys, tmp_path, image2d):
                          min_size="5um^2")
     by_hand = JobSpec(input={"url": image2d}, method=Watershed(diameter="6um", sigma="0.5um", min_size="5um^2"),
                       blocks={"shape": [64, 64]}, output={"name": "nuclei"})
-    assert from_file(job) == python == by_hand
+    assert from_file(job) == JobSpec.from_file(job) == python == by_hand
+    assert JobSpec.from_file(job, ["method.diameter=7um"]).method.diameter == "7um"
     assert JobSpec.model_validate_json(json.dumps(python.to_dict())) == python  # JSON spelling too
 
 

@@ -109,6 +109,16 @@ class JobSpec(Section):
         """A Method object (e.g. a subclass defined in a notebook) is used as it is."""
         return value if isinstance(value, Method) else handler(value)
 
+    @classmethod
+    def from_file(cls, path, overrides: list[str] = ()) -> "JobSpec":
+        """A job file (YAML or JSON), with ``section.field=value`` overrides."""
+        from bigseg.spec.files import from_file
+        return from_file(path, overrides)
+
+    def to_yaml(self) -> str:
+        from bigseg.spec.files import to_yaml
+        return to_yaml(self)
+
     @property
     def label_name(self) -> str:
         return self.output.name or self.method.name
