@@ -389,7 +389,7 @@ def test_an_unknown_profile_names_the_configured_ones_and_their_files(profiles, 
     assert "shared ($DASK_BIGSEG__PROFILES__SHARED__KIND)" in text and "local (bigseg defaults " in text
 
 
-def test_describe_profiles_shows_names_kinds_and_where_each_was_set(profiles, monkeypatch):
+def test_describe_profiles_shows_names_kinds_and_where_each_was_set(profiles, monkeypatch, capsys):
     path = profiles({"hpc": {"kind": "jobqueue", "cluster": {"cores": 1}}, "local": {"kind": "local",
                                                                                    "workers": 3}})
     monkeypatch.setenv("DASK_BIGSEG__PROFILES__SHARED__KIND", "address")
@@ -404,6 +404,11 @@ def test_describe_profiles_shows_names_kinds_and_where_each_was_set(profiles, mo
     assert rows["shared"]["sources"] == ["$DASK_BIGSEG__PROFILES__SHARED__ADDRESS",
                                          "$DASK_BIGSEG__PROFILES__SHARED__KIND"]
     assert load_profile().address == "tcp://127.0.0.1:8786" and load_profile("local").workers == 3
+    from bigseg.cli import main
+    assert main(["profiles"]) == 0
+    printed = {line.split()[0]: line for line in capsys.readouterr().out.strip().splitlines()}
+    assert set(printed) == {"hpc", "local", "shared"}
+    assert printed["hpc"].split()[1:3] == ["jobqueue", path] and printed["shared"].endswith("(default)")
 
 
 @pytest.mark.parametrize("profile, message", [
