@@ -92,7 +92,17 @@ class JobqueueAdapt(_Strict):
         return self
 
 
-class JobqueueProfile(_Profile):
+class _Sized(_Profile):
+    """A profile sized by ``scale`` (a fixed size) or ``adapt`` (bounds), not both."""
+
+    @model_validator(mode="after")
+    def _scale_or_adapt(self):
+        if self.scale is not None and self.adapt is not None:
+            raise ValueError("give scale or adapt, not both")
+        return self
+
+
+class JobqueueProfile(_Sized):
     """Workers in batch jobs (dask-jobqueue): ``cluster`` holds the keyword arguments of ``SLURMCluster``,
     ``PBSCluster``, ... ; ``scale`` or ``adapt`` says how many jobs; ``gpu``: one GPU per worker job."""
 
@@ -102,12 +112,6 @@ class JobqueueProfile(_Profile):
     scale: JobqueueScale | None = None
     adapt: JobqueueAdapt | None = None
     gpu: bool = False
-
-    @model_validator(mode="after")
-    def _scale_or_adapt(self):
-        if self.scale is not None and self.adapt is not None:
-            raise ValueError("give scale or adapt, not both")
-        return self
 
     def planned_workers(self, workers: int | None = None) -> int | None:
         per_job = int(self.cluster.get("processes", 1))
@@ -131,7 +135,7 @@ class GatewayAdapt(_Strict):
     maximum: PositiveInt
 
 
-class GatewayProfile(_Profile):
+class GatewayProfile(_Sized):
     """A cluster from a Dask Gateway; ``options`` are the gateway's cluster options, ``gpu_options`` are added
     to them when GPU workers are wanted."""
 
@@ -144,12 +148,6 @@ class GatewayProfile(_Profile):
     adapt: GatewayAdapt | None = None
     gpu: bool = False
     gpu_options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _scale_or_adapt(self):
-        if self.scale is not None and self.adapt is not None:
-            raise ValueError("give scale or adapt, not both")
-        return self
 
     def planned_workers(self, workers: int | None = None) -> int | None:
         return workers or self.scale or (self.adapt.maximum if self.adapt else None)
