@@ -389,3 +389,33 @@ def test_the_in_cluster_dask_config_validates_with_the_profile_models():
     profiles = pytest.importorskip("bigseg.cluster.profiles", reason="the profile models are not in this tree yet")
     config = yaml.safe_load((K8S / "config" / "dask.yaml").read_text())["bigseg"]
     assert profiles.parse(config["profiles"][config["profile"]], config["profile"]).kind == "address"
+
+
+def image_entrypoint() -> list[str]:
+    text = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    return yaml.safe_load(re.findall(r"^ENTRYPOINT (.*)$", text, re.M)[-1])
+
+
+def test_cluster_specs_of_the_kubernetes_profile_validate_and_run_dask_on_the_bigseg_image():
+    """What the `kubernetes` profile kind creates (bigseg.cluster.kubernetes) passes the operator's CRD schemas,
+    and its pods run `dask scheduler` / single-threaded `dask worker` despite the image's `bigseg` entrypoint
+    (a container's `args` alone are appended to the entrypoint)."""
+    kube = pytest.importorskip("bigseg.cluster.kubernetes", reason="the kubernetes backend is not in this tree yet")
+    from bigseg.cluster import profiles
+    from bigseg.cluster._backend import Request
+    crds = operator_crds()
+    assert image_entrypoint() == ["bigseg"]
+    data = {**recipe("kubernetes.yaml")["bigseg"]["profiles"]["kubernetes"], "gpu": True}
+    profile = profiles.parse(data, "kubernetes")
+    cluster = kube.cluster_spec(profile, Request(), "bigseg-test")
+    group = {"apiVersion": f"{OPERATOR_GROUP}/v1", "kind": "DaskWorkerGroup", "metadata": {"name": "bigseg-test-gpu"},
+             "spec": {"cluster": "bigseg-test", "worker": kube.gpu_worker_spec(profile)}}
+    for doc in (cluster, group):
+        assert operator_errors(doc, crds) == [], doc["kind"]
+    parts = [(cluster, "scheduler"), (cluster, "worker"), (group, "worker")]
+    for doc, part in parts:
+        (container,) = doc["spec"][part]["spec"]["containers"]
+        command = [*container.get("command", image_entrypoint()), *container["args"]]
+        assert command[:2] == ["dask", part], (doc["kind"], part, command)
+        if part == "worker":
+            assert command[command.index("--nthreads") + 1] == "1", command
