@@ -215,9 +215,11 @@ def test_kustomize_builds_the_expected_resources_in_one_namespace(built):
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "bigseg", d["kind"]
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "bigseg", d["kind"]
-    for d in built:
-        if not is_operator_resource(d) and shutil.which("kubernetes-validate"):
-            validate_core(d, KUBECTL_VERSION)   # the generated ConfigMaps too
+    for d in built:     # as applied: with kustomize's namespace and labels, the generated ConfigMaps too
+        if not is_operator_resource(d) and importlib.util.find_spec("kubernetes_validate"):
+            validate_core(d, KUBECTL_VERSION)
+        if is_operator_resource(d) and importlib.util.find_spec("dask_kubernetes"):
+            assert operator_errors(d, operator_crds()) == [], d["kind"]
     assert not any(d["kind"] == "Secret" for d in built), "applying the kustomization must not overwrite secrets"
 
 

@@ -12,11 +12,13 @@ download.pytorch.org.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent / "services"))
 import docker_engine  # noqa: E402
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The module's fixtures (engine, base image, build) count towards its first test's timeout.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
+log = logging.getLogger(__name__)
 SHAPE = (32, 128, 128)
 TAG = "bigseg:docker-test"
 
@@ -41,9 +45,14 @@ def engine(tmp_path_factory):
     proc = None
     try:
         if not docker_engine.engine_answers(host):
+            t = time.monotonic()
             docker_engine.install_packages()
             proc, host = docker_engine.start_dockerd(root / "engine")
-        yield host, docker_engine.base_image(host, root)
+            log.info("dockerd started in %.0f s", time.monotonic() - t)
+        t = time.monotonic()
+        base = docker_engine.base_image(host, root)
+        log.info("base image %s ready in %.0f s", base, time.monotonic() - t)
+        yield host, base
     except docker_engine.EngineUnavailable as err:
         pytest.skip(f"no Docker engine: {err}")
     finally:
@@ -84,9 +93,11 @@ def image(engine, tmp_path_factory) -> str:
     """DOCKER_HOST of the engine that holds the freshly built image TAG."""
     host, base = engine
     ctx, args = build_context(tmp_path_factory.mktemp("build") / "context")
+    t = time.monotonic()
     r = docker_engine.docker(host, "build", "--network", "host", "-f", "deploy/docker/Dockerfile",
                              "--build-arg", f"BASE={base}", *args, "-t", TAG, str(ctx), check=False, timeout=1800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    log.info("image %s built in %.0f s", TAG, time.monotonic() - t)
     return host
 
 
