@@ -305,12 +305,15 @@ def test_workers_are_single_threaded_with_memory_limits_and_gpu_workers_advertis
     cluster = by_kind_name(built)[("DaskCluster", "bigseg")]
     args = worker_args(cluster)
     assert args[:2] == ["dask", "worker"] and args[args.index("--nthreads") + 1] == "1"
+    # dask's default memory limit ("auto") is the container's limit divided by the node's cores
+    assert args[args.index("--memory-limit") + 1] == "1"
     (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
     assert worker["resources"]["limits"]["memory"] == worker["resources"]["requests"]["memory"]
     gpu = next(d for _, d in operator_documents() if d["kind"] == "DaskWorkerGroup")
     assert gpu["spec"]["cluster"] == cluster["metadata"]["name"]
     args = worker_args(gpu)
     assert args[args.index("--nthreads") + 1] == "1" and args[args.index("--resources") + 1] == "GPU=1"
+    assert args[args.index("--memory-limit") + 1] == "1"
     (container,) = gpu["spec"]["worker"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     for doc in [cluster, gpu, *(d for d in built if d["kind"] in ("Job", "Deployment"))]:
@@ -419,5 +422,6 @@ def test_cluster_specs_of_the_kubernetes_profile_validate_and_run_dask_on_the_bi
         (container,) = doc["spec"][part]["spec"]["containers"]
         command = [*container.get("command", image_entrypoint()), *container["args"]]
         assert command[:2] == ["dask", part], (doc["kind"], part, command)
-        if part == "worker":
+        if part == "worker":      # single-threaded, with all of the container's memory (not limit / cores)
             assert command[command.index("--nthreads") + 1] == "1", command
+            assert "--memory-limit" in command, command

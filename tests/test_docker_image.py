@@ -153,7 +153,7 @@ def test_manifest_scheduler_and_worker_commands_run_a_job_equal_to_a_local_run(i
     data.chmod(0o777)
     img, _ = nuclei(SHAPE, seed=1)
     for name in ("container.zarr", "local.zarr"):
-        write_ome_zarr(str(data / name), img, "zyx", (16, 64, 64), version="0.5")
+        write_ome_zarr(str(data / name), img, "zyx", (32, 64, 64), version="0.5")
     subprocess.run(["chmod", "-R", "a+rwX", str(data)], check=True)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -171,7 +171,7 @@ def test_manifest_scheduler_and_worker_commands_run_a_job_equal_to_a_local_run(i
                              "-e", f"DASK_SCHEDULER_ADDRESS={address}", "--entrypoint", worker[0], TAG, *worker[1:])
         r = docker_engine.docker(host, "run", "--rm", "--network", "host", "-v", f"{data}:/data", TAG, "segment",
                                  "/data/container.zarr", "--scheduler", address, "--name", "nuclei",
-                                 "--block", "16,64,64", "--json", check=False, timeout=600)
+                                 "--block", "32,64,64", "--json", check=False, timeout=600)
         logs = docker_engine.docker(host, "logs", names[1], check=False).stderr
         assert r.returncode == 0, r.stderr[-2000:] + logs[-2000:]
         assert "Starting established connection" in logs or "Registered to" in logs, logs[-2000:]
@@ -181,8 +181,9 @@ def test_manifest_scheduler_and_worker_commands_run_a_job_equal_to_a_local_run(i
                                            "print(*[(v['nthreads'], v['memory_limit']) for v in w.values()])")
     finally:
         docker_engine.docker(host, "rm", "-f", *names, check=False)
-    assert worker_info.stdout.split() == [f"(1,", f"{4 * 2**30})"], worker_info.stdout
-    local = bigseg.segment(str(data / "local.zarr"), "watershed", "nuclei", workers=1, block=(16, 64, 64))
+    # one thread, and all of the container's memory limit (4Gi), whatever the host's cores
+    assert worker_info.stdout.split() == ["(1,", f"{int(memory.removesuffix('Gi')) * 2**30})"], worker_info.stdout
+    local = bigseg.segment(str(data / "local.zarr"), "watershed", "nuclei", workers=1, block=(32, 64, 64))
     got = zarr.open_group(str(data / "container.zarr" / "labels" / "nuclei"), mode="r")["0"][...]
     want = zarr.open_group(str(data / "local.zarr" / "labels" / "nuclei"), mode="r")["0"][...]
     assert local.objects > 0 and got.max() == local.objects
