@@ -1,8 +1,9 @@
 """The bigseg image (deploy/docker/Dockerfile) builds from the repository and segments the demo image inside a
 container, as the unprivileged user, with the CPU build of torch.
 
-Slow (a cold build took 3 min 44 s on the 2-core CI machine kind, 5 min with the engine and base image), so it
-runs only when asked: ``BIGSEG_DOCKER_TESTS=1 python -m pytest -q -p no:cacheprovider tests/test_docker_image.py``.
+Slow, so it runs only when asked (measured on the 2-core machine kind, shared: base image by debootstrap 1.5-2.5
+min, image build 2.5-4.5 min, the two tests 20 s; 4.5-8 min in all, 16 s with a warm engine and cached layers):
+``BIGSEG_DOCKER_TESTS=1 python -m pytest -q -p no:cacheprovider tests/test_docker_image.py``.
 It uses the engine at DOCKER_HOST (or the default socket) when one answers, else starts Debian's dockerd itself
 (installing docker.io and debootstrap with apt-get when missing; needs root) and stops it afterwards.
 Images cannot be pulled here, so the base is python:3.11-slim when the engine has it, else Debian 12 made with
