@@ -97,6 +97,7 @@ def image(engine, tmp_path_factory) -> str:
     t = time.monotonic()
     r = docker_engine.docker(host, "build", "--network", "host", "-f", "deploy/docker/Dockerfile",
                              "--build-arg", f"BASE={base}", *args, "-t", TAG, str(ctx), check=False, timeout=1800)
+    shutil.rmtree(ctx)      # holds a copy of the torch wheel
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log.info("image %s built in %.0f s", TAG, time.monotonic() - t)
     return host
