@@ -365,12 +365,16 @@ def test_the_kubernetes_spec_runs_dask_commands_and_adds_a_gpu_worker_group():
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
     worker = spec["spec"]["worker"]["spec"]["containers"][0]
     assert spec["metadata"]["name"] == "bigseg-abc" and spec["spec"]["worker"]["replicas"] == 3
-    assert scheduler["args"][:3] == ["dask", "scheduler", "--host"] and worker["args"][:2] == ["dask", "worker"]
+    # `dask` as the command: the bigseg image's entrypoint is `bigseg`
+    assert scheduler["command"] == worker["command"] == ["dask"]
+    assert scheduler["args"][:2] == ["scheduler", "--host"]
+    assert worker["args"][:5] == ["worker", "--nthreads", "1", "--memory-limit", "1"]
     assert worker["env"] == [{"name": "A", "value": "1"}] and worker["resources"] == {"limits": {"memory": "4Gi"}}
     gpu = kubernetes.gpu_worker_spec(profile)
     gpu_container = gpu["spec"]["containers"][0]
-    assert gpu["replicas"] == 2 and gpu_container["args"][:4] == ["dask", "worker", "--resources", "GPU=1"]
-    assert gpu_container["resources"] == {"limits": {"memory": "4Gi", "nvidia.com/gpu": 1}}
+    assert gpu["replicas"] == 2 and gpu_container["command"] == ["dask"]
+    assert gpu_container["args"][:7] == ["worker", "--nthreads", "1", "--memory-limit", "1", "--resources", "GPU=1"]
+    assert gpu_container["resources"] == {"limits": {"memory": "4Gi", "nvidia.com/gpu": "1"}}
 
 
 # -------------------------------------------------------------------------------------------- profiles

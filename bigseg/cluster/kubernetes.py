@@ -19,8 +19,18 @@ from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
 SCHEDULER_COMMAND = ["dask", "scheduler"]
-WORKER_COMMAND = ["dask", "worker"]
+#: single-threaded workers (one block is one process's worth of NumPy work) that may use the container's whole
+#: memory limit (Dask's default divides it by the node's cores when the pod has no CPU limit)
+WORKER_COMMAND = ["dask", "worker", "--nthreads", "1", "--memory-limit", "1"]
 GPU_GROUP = "gpu"
+
+
+def _run_dask(container: dict) -> dict:
+    """Run ``dask ...`` whatever the image's entrypoint is (the bigseg image's is ``bigseg``): ``command``
+    is the ``dask`` executable, ``args`` the rest."""
+    args = container["args"]
+    container["command"], container["args"] = [args[0]], args[1:]
+    return container
 
 
 def _merge_resources(base: dict, extra: dict) -> dict:
@@ -38,15 +48,19 @@ def cluster_spec(profile, request: Request, name: str) -> dict:
                                       worker_command=list(WORKER_COMMAND))
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
     scheduler["args"] = SCHEDULER_COMMAND + scheduler["args"][1:]  # replaces "dask-scheduler"
+    _run_dask(scheduler)
+    _run_dask(spec["spec"]["worker"]["spec"]["containers"][0])
     return spec
 
 
 def gpu_worker_spec(profile) -> dict:
     """The ``gpu`` worker group: ``gpu_workers`` pods, each with ``gpu_resources`` and ``--resources GPU=1``."""
     operator = require("dask_kubernetes.operator", "kubernetes")
-    return operator.make_worker_spec(image=profile.image, n_workers=profile.gpu_workers,
+    spec = operator.make_worker_spec(image=profile.image, n_workers=profile.gpu_workers,
                                      resources=_merge_resources(dict(profile.resources), profile.gpu_resources),
                                      env=dict(profile.env), worker_command=WORKER_COMMAND + ["--resources", "GPU=1"])
+    _run_dask(spec["spec"]["containers"][0])
+    return spec
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import dask.config
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from bigseg.errors import ParameterError
 
@@ -153,6 +153,10 @@ class GatewayProfile(_Sized):
         return workers or self.scale or (self.adapt.maximum if self.adapt else None)
 
 
+#: A Kubernetes resource quantity; the operator's schema types them as strings (``1`` is written ``"1"``).
+Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) else v)]
+
+
 class KubernetesProfile(_Profile):
     """A ``DaskCluster`` of the dask-kubernetes operator; ``gpu``: an extra worker group with one GPU each."""
 
@@ -161,12 +165,12 @@ class KubernetesProfile(_Profile):
     image: str
     namespace: str | None = None
     n_workers: PositiveInt = 1
-    resources: dict[str, dict[str, str | int]] = Field(default_factory=dict)
+    resources: dict[str, dict[str, Quantity]] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     gpu: bool = False
     gpu_workers: PositiveInt = 1
-    gpu_resources: dict[str, dict[str, str | int]] = Field(
-        default_factory=lambda: {"limits": {"nvidia.com/gpu": 1}})
+    gpu_resources: dict[str, dict[str, Quantity]] = Field(
+        default_factory=lambda: {"limits": {"nvidia.com/gpu": "1"}})
 
     def planned_workers(self, workers: int | None = None) -> int | None:
         return workers or self.n_workers
