@@ -230,6 +230,8 @@ def test_job_spec_and_dask_config_travel_as_config_maps(built):
     spec = yaml.safe_load(job_spec)
     assert spec == {"version": 1, "input": {"url": "s3://bucket/image.zarr", "level": 0, "channel": 0},
                     "method": {"name": "watershed", "diameter": "8um"}, "output": {"name": "nuclei"}}
+    from bigseg.spec import from_dict
+    assert from_dict(spec).method.diameter == "8um"  # a valid job for this bigseg
     dask_config = yaml.safe_load(res[("ConfigMap", "bigseg-dask-config")]["data"]["bigseg.yaml"])
     cluster = res[("DaskCluster", "bigseg")]
     expected = f"tcp://{cluster['metadata']['name']}-scheduler.{cluster['metadata']['namespace']}.svc:8786"
