@@ -13,7 +13,7 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
             workers: int | None = None, gpus: int | str | None = None, level: int = 0, channel: int | None = None,
             timepoint: int | None = None, block=None, halo=None, output=None, overwrite: bool = False,
             iou_threshold: float = 0.5, skip_bad_blocks: bool = False,
-            progress=None, **params) -> SegmentResult:
+            observer=None, cancellation=None, **params) -> SegmentResult:
     """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
 
     Parameters
@@ -32,6 +32,9 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
     overwrite, skip_bad_blocks
         Replace an existing label image (an unfinished job with the same settings is resumed without it);
         leave blocks whose input cannot be read unlabelled instead of failing.
+    observer, cancellation
+        Receives the job's events (a :class:`bigseg.engine.Observer` or a function of one event); a
+        :class:`bigseg.engine.Cancellation` whose ``cancel()`` stops the job from another thread.
 
     Returns
     -------
@@ -53,9 +56,9 @@ def segment(image, method: str = "watershed", name: str | None = None, *, client
         if gpus is None and params.get("gpu"):
             gpus = "auto"
         with cluster.connect(workers=workers, gpus=gpus) as c:
-            return pipeline.run(job, c, progress)
+            return pipeline.run(job, c, observer, cancellation)
     with cluster.connect(scheduler, workers, client) as c:
-        return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, progress)
+        return pipeline.run(pipeline.plan(spec, cluster.n_workers(c)), c, observer, cancellation)
 
 
 __all__ = ["BigsegError", "JobSpec", "SegmentResult", "open_image", "segment", "__version__"]

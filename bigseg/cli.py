@@ -11,6 +11,7 @@ import logging
 import sys
 import traceback
 
+from bigseg.cli_render import ConsoleObserver, not_an_event
 from bigseg.errors import BigsegError, ParameterError
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(not_an_event)  # the console observer shows those
     logging.getLogger("bigseg").addHandler(handler)
     logging.getLogger("bigseg").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.verbose:
@@ -122,35 +124,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _segment(args) -> int:
     import bigseg
-    from bigseg.progress import BarProgress
     params = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k) is not None}
     halo = args.halo[0] if args.halo and len(args.halo) == 1 else args.halo
-    result = bigseg.segment(args.image, args.method, args.name, scheduler=args.scheduler, workers=args.workers,
-                            gpus=args.gpus,
-                            level=args.level, channel=args.channel, timepoint=args.timepoint, block=args.block,
-                            halo=halo, output=args.output, overwrite=args.overwrite,
-                            skip_bad_blocks=args.skip_bad_blocks,
-                            iou_threshold=args.iou_threshold, progress=BarProgress(), **params)
-    _report(result, args.json)
+    bigseg.segment(args.image, args.method, args.name, scheduler=args.scheduler, workers=args.workers,
+                   gpus=args.gpus,
+                   level=args.level, channel=args.channel, timepoint=args.timepoint, block=args.block,
+                   halo=halo, output=args.output, overwrite=args.overwrite,
+                   skip_bad_blocks=args.skip_bad_blocks,
+                   iou_threshold=args.iou_threshold, observer=ConsoleObserver(args.json), **params)
     return 0
-
-
-def _report(result, as_json: bool) -> None:
-    s = result.summary()
-    print(f"labels   {s['labels']}  ({s['dtype']}, {s['objects']} objects)")
-    print(f"table    {s['table']}")
-    print(f"qc       {s['qc']}  (outlines over the image, middle plane)")
-    print(f"blocks   {s['blocks']} ({s['blocks_empty']} empty), block {tuple(s['block'])}, halo {tuple(s['halo'])}")
-    if s["resumed"]:
-        print("resumed  reused the tasks an earlier run had finished: "
-              + ", ".join(f"{step} {n}" for step, n in s["resumed"].items()))
-    if s["blocks_skipped"]:
-        print(f"skipped  {len(s['blocks_skipped'])} unreadable block(s) left unlabelled (listed in the label's "
-              "bigseg metadata)")
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items() if k != "total")
-    print(f"time     {s['seconds']['total']:.1f}s ({stages}); {s['voxels_per_second'] / 1e6:.2f} Mvoxel/s")
-    if as_json:
-        print(json.dumps(s))
 
 
 def _info(args) -> int:
@@ -193,7 +175,6 @@ def _train(args) -> int:
 
 def _demo(args) -> int:
     import bigseg
-    from bigseg.progress import BarProgress
     from bigseg.synthetic import nuclei, write_ome_zarr
     if len(args.shape) not in (2, 3):
         raise ParameterError(f"--shape {args.shape}: give 2 or 3 values, e.g. 64,512,512")
@@ -201,11 +182,10 @@ def _demo(args) -> int:
     image, truth = nuclei(args.shape, seed=0)
     chunks = tuple(min(s, c) for s, c in zip(args.shape, (32, 128, 128)[-len(args.shape):]))
     write_ome_zarr(args.path, image, "zyx"[-len(args.shape):], chunks, version="0.5")
-    result = bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
-                            progress=BarProgress())
-    print(f"demo: {truth.max()} nuclei drawn, {result.objects} found")
+    print(f"demo: {truth.max()} nuclei drawn")
     print(f"image    {args.path}  (view: napari --plugin napari-ome-zarr {args.path})")
-    _report(result, args.json)
+    bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
+                   observer=ConsoleObserver(args.json))
     return 0
 
 

@@ -19,3 +19,10 @@ class ParameterError(BigsegError):
 
 class BlockError(BigsegError):
     """A block could not be processed (unreadable input, bad values, the method failed); names the block."""
+
+
+class JobCancelled(BigsegError):
+    """The job was cancelled; what it finished is kept and a rerun of the same job resumes it."""
+
+    def __init__(self, message: str = "job cancelled; the output is incomplete: run the same job again to resume"):
+        super().__init__(message)
