@@ -1,10 +1,12 @@
 """The journal's record codec: what a task returns, as JSON or NPZ bytes, never pickles.
 
 Values: None, bool, int, float, str, lists, tuples, dicts, numpy arrays and scalars (any dtype but
-object), and dataclasses registered with :func:`register`. A value without arrays is a JSON document
-(``.json``); one with arrays is an NPZ file (``.npz``) whose member ``__record__`` is the JSON tree and
-whose other members are the arrays, read back with ``allow_pickle=False``. Decoding builds only the
-registered dataclasses: a record cannot name code to run.
+object or structured), and dataclasses registered with :func:`register`. A value without arrays is a
+JSON document (``.json``); one with arrays is an NPZ file (``.npz``, read with ``allow_pickle=False``) of
+two members: ``__record__``, the JSON tree (arrays described by dtype, shape and offset), and
+``__data__``, the arrays' bytes one after another (two members, not one per array: reading a record's
+zip members dominates the time to resume a job of many blocks). Decoding builds only the registered
+dataclasses: a record cannot name code to run.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import numpy as np
 
 JSON, NPZ = ".json", ".npz"
 SUFFIXES = (JSON, NPZ)
-_META = "__record__"
+_META, _DATA = "__record__", "__data__"
+_ALIGN = 16
 _TYPES: dict[str, type] = {}
 
 
@@ -36,12 +39,18 @@ def encode(value) -> tuple[str, bytes]:
     """(suffix, bytes) of ``value``: ``.json`` when it holds no arrays, else ``.npz``."""
     arrays: list[np.ndarray] = []
     tree = _encode(value, arrays)
-    text = json.dumps(tree, separators=(",", ":"))
     if not arrays:
-        return JSON, text.encode()
+        return JSON, json.dumps(tree, separators=(",", ":")).encode()
+    layout, chunks, offset = [], [], 0
+    for a in arrays:
+        data = np.ascontiguousarray(a).tobytes()
+        layout.append({"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset})
+        pad = -len(data) % _ALIGN
+        chunks += [data, b"\0" * pad]
+        offset += len(data) + pad
+    meta = json.dumps({"value": tree, "arrays": layout}, separators=(",", ":")).encode()
     buf = io.BytesIO()
-    np.savez(buf, **{_META: np.frombuffer(text.encode(), np.uint8)},
-             **{f"a{i}": a for i, a in enumerate(arrays)})
+    np.savez(buf, **{_META: np.frombuffer(meta, np.uint8), _DATA: np.frombuffer(b"".join(chunks), np.uint8)})
     return NPZ, buf.getvalue()
 
 
@@ -49,17 +58,27 @@ def decode(suffix: str, data: bytes):
     """The value of a record; :class:`RecordError` if it cannot be read or names a type not allowed."""
     try:
         if suffix == JSON:
-            return _decode(json.loads(data), {})
+            return _decode(json.loads(data), [])
         if suffix == NPZ:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                members = {k: npz[k] for k in npz.files}
-            tree = json.loads(members.pop(_META).tobytes())
-            return _decode(tree, members)
+                meta, blob = json.loads(npz[_META].tobytes()), npz[_DATA]
+            return _decode(meta["value"], [_array(blob, a) for a in meta["arrays"]])
     except RecordError:
         raise
     except Exception as err:  # noqa: BLE001 - any unreadable record is one kind of problem
         raise RecordError(f"unreadable record ({type(err).__name__}: {err})") from err
     raise RecordError(f"not a record file: '{suffix}'")
+
+
+def _array(blob: np.ndarray, layout: dict) -> np.ndarray:
+    dtype, shape = np.dtype(layout["dtype"]), tuple(layout["shape"])
+    if dtype.hasobject:
+        raise RecordError("a record holds Python objects")
+    n = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    start = layout["offset"]
+    if start < 0 or start + n > blob.size:
+        raise RecordError("a record's array lies outside its data")
+    return blob[start:start + n].view(dtype).reshape(shape).copy()
 
 
 def _name(cls: type) -> str:
@@ -73,8 +92,8 @@ def _encode(v, arrays: list):
         return v
     if isinstance(v, (np.ndarray, np.generic)):
         a = np.asarray(v)
-        if a.dtype.hasobject:
-            raise TypeError("arrays of Python objects cannot be recorded without pickles")
+        if a.dtype.hasobject or a.dtype.names is not None or a.dtype.subdtype is not None:
+            raise TypeError(f"arrays of dtype {a.dtype} (Python objects or structured) cannot be recorded")
         arrays.append(a)
         return {"__array__": len(arrays) - 1, "scalar": isinstance(v, np.generic)}
     if isinstance(v, (list, tuple)):
@@ -93,13 +112,13 @@ def _encode(v, arrays: list):
     raise TypeError(f"a task result of type {type(v).__name__} cannot be recorded")
 
 
-def _decode(t, arrays: dict):
+def _decode(t, arrays: list):
     if isinstance(t, list):
         return [_decode(x, arrays) for x in t]
     if not isinstance(t, dict):
         return t
     if "__array__" in t:
-        a = arrays[f"a{t['__array__']}"]
+        a = arrays[t["__array__"]]
         return a[()] if t.get("scalar") else a
     if "__tuple__" in t:
         return tuple(_decode(x, arrays) for x in t["__tuple__"])
