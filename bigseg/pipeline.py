@@ -181,9 +181,10 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
             zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
                               chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(identity(plan))  # from here on, the job can be resumed
-    stages.observer.on_event(ev.JobStarted(view.image.url, spec.level, tuple(view.shape), len(grid),
-                                           tuple(grid.block_shape), tuple(grid.halo), method.name, plan.resume,
-                                           getattr(stages.client, "dashboard_link", None)))
+    started = ev.JobStarted(view.image.url, spec.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
+                            tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
+    log.info("job started: %s", started.to_dict())
+    stages.observer.on_event(started)
 
     blocks = list(grid)
     tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, method.stitch_rule == "iou",
