@@ -20,6 +20,7 @@ import zarr
 
 import bigseg
 from bigseg.engine import Cancellation, EventLog, JobHandle, Observer, events
+from bigseg.engine import journal as journal_module
 from bigseg.engine import records
 from bigseg.engine.journal import Journal, run_and_record
 from bigseg.errors import JobCancelled
@@ -164,6 +165,10 @@ def test_finished_lists_the_folder_once_and_reads_every_record_in_one_batched_ca
     assert all(_same(done[i], _summary(1 + i % 4) if i % 2 else i * 7) for i in range(n))
     assert {k: v for k, v in counted.calls.items() if v} == {"ls": 1, "cat": 1}  # one listing, one batched read
     assert counted.inner["cat_file"] == n  # the batched read fetches each record once
+    monkeypatch.setattr(journal_module, "READ_BATCH", 128)  # larger steps: one batched read per 128 records
+    again = journal.finished("segment")
+    assert counted.calls["ls"] == 2 and counted.calls["cat"] == 1 + 3 and counted.inner["cat_file"] == 2 * n
+    assert sorted(again) == list(range(n)) and all(_same(again[i], done[i]) for i in range(n))
     assert journal.finished("relabel") == {}  # a step without records: one listing that finds nothing
     if root == "memory":
         store.remove(work)

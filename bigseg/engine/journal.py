@@ -4,7 +4,7 @@ A job's identity is its input, method with its job-wide values, and block plan (
 work folder). Each task's result is written by the worker, after the task's own outputs, as
 ``done/<step>/<i>.json`` or ``.npz`` (see :mod:`bigseg.engine.records`; never a pickle): a task with a
 record is finished and is not run again when the job resumes. A step's records are found with one
-listing and read with one batched call (concurrent on object stores).
+listing and read with batched calls of up to ``READ_BATCH`` records (concurrent on object stores).
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from bigseg.segment_blocks import BlockSummary
 
 log = logging.getLogger(__name__)
 FORMAT = 1
+#: Records read per batched call (concurrent on object stores); a step has one call per this many tasks.
+READ_BATCH = 5000
 records.register(BlockSummary)
 
 
@@ -65,8 +67,8 @@ class Journal:
 
     def finished(self, step: str) -> dict[int, object]:
         """Results of the tasks of ``step`` already finished (task index -> result): one listing of the
-        step's folder, one batched read of its records. Records that cannot be read (and pickles, which
-        are never loaded) are left out, so their tasks run again."""
+        step's folder, one batched read per ``READ_BATCH`` records. Records that cannot be read (and pickles,
+        which are never loaded) are left out, so their tasks run again."""
         fs, folder = store.filesystem(self.step_url(step))
         fs.invalidate_cache(folder)
         try:
@@ -85,17 +87,18 @@ class Journal:
                         folder, pickles)
         if not wanted:
             return {}
-        data = fs.cat(list(wanted), on_error="return")
-        by_name = {posixpath.basename(p): v for p, v in data.items()}
-        out, bad = {}, []
-        for path, (i, suffix) in wanted.items():
-            value = by_name.get(posixpath.basename(path))
-            try:
-                if not isinstance(value, bytes):
-                    raise records.RecordError(f"cannot read it ({value!r})")
-                out[i] = records.decode(suffix, value)
-            except records.RecordError as err:
-                bad.append(f"{posixpath.basename(path)}: {err}")
+        out, bad, paths = {}, [], list(wanted)
+        for start in range(0, len(paths), READ_BATCH):  # bytes held at once stay bounded
+            data = fs.cat(paths[start:start + READ_BATCH], on_error="return")
+            by_name = {posixpath.basename(p): v for p, v in data.items()}
+            for path in paths[start:start + READ_BATCH]:
+                (i, suffix), value = wanted[path], by_name.get(posixpath.basename(path))
+                try:
+                    if not isinstance(value, bytes):
+                        raise records.RecordError(f"cannot read it ({value!r})")
+                    out[i] = records.decode(suffix, value)
+                except records.RecordError as err:
+                    bad.append(f"{posixpath.basename(path)}: {err}")
         if bad:
             log.warning("%s: %d record(s) cannot be read, their tasks run again: %s", folder, len(bad),
                         "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
