@@ -74,10 +74,10 @@ class StageRunner:
                 if self.cancellation.cancelled:
                     break
                 for fut in batch:
-                    try:
+                    if fut.status == "finished":
                         results[index[fut.key]] = fut.result()
-                    except Exception as err:  # noqa: BLE001 - reported together, after every task ended
-                        failures.append((index[fut.key], err))
+                    else:  # reported together, after every task ended
+                        failures.append((index[fut.key], _error_of(fut)))
                 n_done += len(batch)
                 self.observer.on_event(ev.StageAdvanced(step, n_done, len(tasks)))
             else:
@@ -107,6 +107,15 @@ class StageRunner:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _error_of(future) -> BaseException:
+    """A failed task's error, taken without raising it here: a raised error's traceback would hold this
+    frame, and with it every future of the stage (and the scheduler their results) until garbage collection."""
+    if future.status == "error":
+        return future.exception()
+    from concurrent.futures import CancelledError
+    return CancelledError(f"task {future.key} was {future.status}")
 
 
 def stage_error(name: str, tasks: list, failures: list) -> Exception:
