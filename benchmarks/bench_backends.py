@@ -34,7 +34,7 @@ import pandas as pd
 import zarr
 
 import bigseg
-from bigseg.progress import Progress
+from bigseg.engine import events
 from bigseg.synthetic import nuclei, write_ome_zarr
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -44,8 +44,8 @@ from services import slurm as slurm_service
 BACKENDS = ("local", "address", "slurm")
 
 
-class Timeline(Progress):
-    """Records, without changing the job, when it started (its first message, after the plan stage) and, once the
+class Timeline(events.Observer):
+    """Records, without changing the job, when it started (JobStarted, after the plan stage) and, once the
     first stage is over, which workers ran it and when each joined the scheduler (its add-worker events)."""
 
     def __init__(self):
@@ -54,11 +54,11 @@ class Timeline(Progress):
         self.joined: list[float] = []
         self.workers: dict = {}
 
-    def message(self, text):
-        if self.first_message is None:
+    def on_event(self, event):
+        if isinstance(event, events.JobStarted) and self.first_message is None:
             self.first_message = time.time()
-
-    def stage(self, name, total):
+        if not isinstance(event, events.StageStarted):
+            return
         self.stages += 1
         if self.stages == 2:  # the segment stage is done: every worker that ran a block has joined
             from distributed import default_client
@@ -114,7 +114,7 @@ def run_once(backend: str, image: str, block: tuple[int, ...], workers: int, ser
         timeline = Timeline()
         t_call, t0 = time.time(), time.perf_counter()
         res = bigseg.segment(image, "watershed", profile=profile, block=block, output=out, overwrite=True,
-                             progress=timeline)
+                             observer=timeline)
         wall = time.perf_counter() - t0
     finally:
         if backend == "address":

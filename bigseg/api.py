@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from bigseg.engine.handle import JobHandle
 from bigseg.errors import ParameterError
 from bigseg.io import store
 from bigseg.io.storage import StorageOptions
@@ -12,7 +13,7 @@ from bigseg.spec import JobSpec, from_file, from_kwargs
 
 def segment(job, method=None, name: str | None = None, *, profile: str | None = None, client=None,
             scheduler: str | None = None, workers: int | None = None, gpus: int | str | None = None,
-            progress=None, **kwargs) -> SegmentResult:
+            observer=None, cancellation=None, **kwargs) -> SegmentResult:
     """Segment an OME-Zarr image block-wise and write NGFF labels and a measurements table.
 
     Parameters
@@ -28,8 +29,10 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     client, scheduler, workers, gpus
         A ``distributed.Client`` to use, a scheduler address, or the size of a new local cluster (CPU
         workers, plus one worker per GPU: a count or ``"auto"``; default "auto" for ``gpu=True`` methods).
-    progress
-        An observer of the job's progress (default: silent).
+    observer, cancellation
+        Receives the job's events (a :class:`bigseg.engine.events.Observer` or a function of one event); a
+        :class:`bigseg.engine.cancel.Cancellation` whose ``cancel()`` stops the job from another thread
+        (see :func:`submit`).
     **kwargs
         ``level, channel, timepoint`` (input), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
         standalone label image URL), ``overwrite``, ``skip_bad_blocks``, ``keep_work``; any other keyword is a
@@ -48,7 +51,7 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     spec = as_spec(job, method, name, **kwargs)
     from bigseg import cluster, pipeline
     if client is not None:
-        return pipeline.run(pipeline.plan(spec, cluster.n_workers(client)), client, progress)
+        return pipeline.run(pipeline.plan(spec, cluster.n_workers(client)), client, observer, cancellation)
     if scheduler is not None:
         if profile is not None:
             raise ParameterError("a scheduler address and a profile exclude each other: give one")
@@ -63,10 +66,30 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
             if prof.storage_options:
                 c.register_plugin(StorageOptions(prof.storage_options))
             job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
-            return pipeline.run(job_plan, c, progress)
+            return pipeline.run(job_plan, c, observer, cancellation)
     finally:
         if previous is not None:
             store.configure(previous)
+
+
+def submit(job, method=None, name: str | None = None, **kwargs) -> JobHandle:
+    """Start :func:`segment` in a thread of this process and return its handle at once: ``handle.cancel()``
+    stops the job (its output stays incomplete; the same job run again resumes it), ``handle.result()`` waits
+    for the :class:`SegmentResult` (or raises the job's error, :class:`~bigseg.errors.JobCancelled` after a
+    cancel). The job is checked here, before the thread starts.
+
+    >>> handle = bigseg.submit("nuclei.zarr", "watershed", observer=print)  # doctest: +SKIP
+    >>> handle.cancel(); handle.result()  # doctest: +SKIP
+    """
+    if "cancellation" in kwargs:
+        raise TypeError("submit() makes the job's cancellation itself: use handle.cancel()")
+    spec = as_spec(job, method, name, **{k: v for k, v in kwargs.items() if k not in RUN_KEYWORDS})
+    run = {k: v for k, v in kwargs.items() if k in RUN_KEYWORDS}
+    return JobHandle(lambda cancellation: segment(spec, cancellation=cancellation, **run))
+
+
+#: ``segment`` keywords that say where and how a job runs, not what it is.
+RUN_KEYWORDS = ("profile", "client", "scheduler", "workers", "gpus", "observer")
 
 
 def as_spec(job, method=None, name: str | None = None, **kwargs) -> JobSpec:

@@ -13,6 +13,7 @@ import sys
 import traceback
 import typing
 
+from bigseg.cli_render import ConsoleObserver, not_an_event
 from bigseg.errors import BigsegError, ParameterError
 from bigseg.methods import METHODS
 
@@ -188,12 +189,7 @@ def job_spec(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("bigseg").addHandler(handler)
-    logging.getLogger("bigseg").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_to_stderr(args.verbose)
     try:
         return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
                 "train-pixel-classifier": _train}[args.command](args)
@@ -208,12 +204,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _log_to_stderr(verbose: bool) -> None:
+    """bigseg's diagnostics on stderr (once per process, however often ``main`` runs); -v adds INFO lines."""
+    logger = logging.getLogger("bigseg")
+    if not any(getattr(h, "bigseg_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.bigseg_cli = True
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(not_an_event)  # the console observer shows those
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _segment(args) -> int:
     import bigseg
-    from bigseg.progress import BarProgress
-    result = bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
-                            gpus=args.gpus, progress=BarProgress())
-    _report(result, args.json)
+    bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
+                   gpus=args.gpus, observer=ConsoleObserver(args.json))
     return 0
 
 
@@ -237,24 +243,6 @@ def _profiles(args) -> int:
         default = " (default)" if r.get("default") else ""
         print(f"{r['name']:<{width}}  {r['kind']:<10}  {r['source']}{default}")
     return 0
-
-
-def _report(result, as_json: bool) -> None:
-    s = result.summary()
-    print(f"labels   {s['labels']}  ({s['dtype']}, {s['objects']} objects)")
-    print(f"table    {s['table']}")
-    print(f"qc       {s['qc']}  (outlines over the image, middle plane)")
-    print(f"blocks   {s['blocks']} ({s['blocks_empty']} empty), block {tuple(s['block'])}, halo {tuple(s['halo'])}")
-    if s["resumed"]:
-        print("resumed  reused the tasks an earlier run had finished: "
-              + ", ".join(f"{step} {n}" for step, n in s["resumed"].items()))
-    if s["blocks_skipped"]:
-        print(f"skipped  {len(s['blocks_skipped'])} unreadable block(s) left unlabelled (listed in the label's "
-              "bigseg metadata)")
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items() if k != "total")
-    print(f"time     {s['seconds']['total']:.1f}s ({stages}); {s['voxels_per_second'] / 1e6:.2f} Mvoxel/s")
-    if as_json:
-        print(json.dumps(s))
 
 
 def _info(args) -> int:
@@ -297,7 +285,6 @@ def _train(args) -> int:
 
 def _demo(args) -> int:
     import bigseg
-    from bigseg.progress import BarProgress
     from bigseg.synthetic import nuclei, write_ome_zarr
     if len(args.shape) not in (2, 3):
         raise ParameterError(f"--shape {args.shape}: give 2 or 3 values, e.g. 64,512,512")
@@ -305,11 +292,10 @@ def _demo(args) -> int:
     image, truth = nuclei(args.shape, seed=0)
     chunks = tuple(min(s, c) for s, c in zip(args.shape, (32, 128, 128)[-len(args.shape):]))
     write_ome_zarr(args.path, image, "zyx"[-len(args.shape):], chunks, version="0.5", unit="micrometer")
-    result = bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
-                            progress=BarProgress())
-    print(f"demo: {truth.max()} nuclei drawn, {result.objects} found")
+    print(f"demo: {truth.max()} nuclei drawn")
     print(f"image    {args.path}  (view: napari --plugin napari-ome-zarr {args.path})")
-    _report(result, args.json)
+    bigseg.segment(args.path, "watershed", "nuclei", workers=args.workers, overwrite=True,
+                   observer=ConsoleObserver(args.json))
     return 0
 
 

@@ -21,6 +21,13 @@ class BlockError(BigsegError):
     """A block could not be processed (unreadable input, bad values, the method failed); names the block."""
 
 
+class JobCancelled(BigsegError):
+    """The job was cancelled; what it finished is kept and a rerun of the same job resumes it."""
+
+    def __init__(self, message: str = "job cancelled; the output is incomplete: run the same job again to resume"):
+        super().__init__(message)
+
+
 def validation_message(err, model=None, prefix: str = "") -> str:
     """One line from a pydantic ``ValidationError``: ``method.diameter: must be positive``; an unknown field
     is named with the closest valid one (``model`` is the validated class, used to find it)."""

@@ -17,17 +17,19 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid, region_text
-from bigseg.errors import BigsegError, BlockError, ParameterError
+from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
+from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
 from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.ome import ImageView, open_image
-from bigseg.journal import Journal, check_resumable, run_and_record
+from bigseg.engine import events as ev
+from bigseg.engine.cancel import Cancellation
+from bigseg.engine.journal import Journal, check_resumable
+from bigseg.engine.runner import StageRunner
 from bigseg.methods import Method
 from bigseg.methods._sample import clear_sample_cache
-from bigseg.progress import Progress
 from bigseg.spec import JobSpec
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
@@ -37,8 +39,6 @@ from bigseg.stitch import no_edges, resolve, resolve_classes
 from bigseg.stitch_rules import Output
 
 log = logging.getLogger(__name__)
-#: Retries of a failed block task before the job fails (lost workers are handled by Dask itself).
-RETRIES = 2
 
 
 @dataclass
@@ -71,60 +71,6 @@ class SegmentResult:
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
                 "voxels_per_second": round(self.voxels_per_second, 1), "resumed": self.resumed,
                 "blocks_skipped": self.blocks_skipped}
-
-
-class _Stages:
-    """Runs each stage's tasks (skipping those the journal records as finished), times stages and drives
-    the progress observer."""
-
-    def __init__(self, progress: Progress, journal: Journal, key: str):
-        self.progress, self.journal, self.key = progress, journal, key
-        self.seconds: dict[str, float] = {}
-        self.resumed: dict[str, int] = {}
-
-    def run(self, client, name: str, fn, tasks: list, step: str | None = None, resources=None,
-            label: str | None = None) -> list:
-        """Results of ``fn`` over ``tasks``, in order. Every task runs to the end before a failure is raised,
-        so that a resumed job redoes only the tasks that failed."""
-        t0 = time.perf_counter()
-        step = step or name
-        self.progress.stage(label or name, len(tasks))
-        done = self.journal.finished(step) if tasks else {}
-        results = [done.get(i) for i in range(len(tasks))]
-        if done:
-            self.resumed[step] = len(done)
-            self.progress.advance(len(done))
-        todo = [i for i in range(len(tasks)) if i not in done]
-        failures = []
-        if todo:
-            from distributed import as_completed
-            futures = client.map(run_and_record, [fn] * len(todo), [tasks[i] for i in todo],
-                                 [self.journal.record_url(step, i) for i in todo],
-                                 key=[f"bigseg-{step}-{self.key}-{i}" for i in todo],
-                                 retries=RETRIES, resources=resources, pure=False)
-            index = dict(zip((f.key for f in futures), todo))
-            for fut in as_completed(futures):
-                try:
-                    results[index[fut.key]] = fut.result()
-                except Exception as err:  # noqa: BLE001 - reported together below
-                    failures.append((index[fut.key], err))
-                self.progress.advance()
-        self.progress.end()
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-        if failures:
-            raise _stage_error(name, tasks, sorted(failures, key=lambda f: f[0]))
-        return results
-
-    def local(self, name: str):
-        stages = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                stages.seconds[name] = stages.seconds.get(name, 0.0) + time.perf_counter() - self.t0
-        return _Timer()
 
 
 @dataclass(frozen=True)
@@ -202,58 +148,83 @@ def check_values(view: ImageView, skip_unreadable: bool = False) -> None:
                          "--channel / --level")
 
 
-def run(plan: Plan, client, progress: Progress | None = None) -> SegmentResult:
+def run(plan: Plan, client, observer: ev.Observer | None = None,
+        cancellation: Cancellation | None = None) -> SegmentResult:
     """Run a planned job on ``client``, resuming it if its output holds the same job unfinished; the label
-    image becomes visible only when everything is written."""
-    with lock_io.JobLock(plan.target.url):
-        return _run(plan, client, progress or Progress())
+    image becomes visible only when everything is written.
+
+    ``observer`` receives the job's events (:mod:`bigseg.engine.events`), ending with one of JobFinished,
+    JobFailed or JobCancelled; ``cancellation.cancel()`` from another thread stops the job at once
+    (:class:`~bigseg.errors.JobCancelled`), leaving an incomplete output that a rerun resumes."""
+    observer = ev.as_observer(observer)
+    cancellation = cancellation or Cancellation()
+    try:
+        cancellation.raise_if_cancelled()
+        with lock_io.JobLock(plan.target.url):
+            runner = StageRunner(client, Journal(plan.target.work_url), uuid.uuid4().hex[:8], observer,
+                                 cancellation)
+            result = _run(plan, runner)
+    except JobCancelled:
+        log.info("%s: job cancelled", plan.target.url)
+        observer.on_event(ev.JobCancelled())
+        raise
+    except BaseException as err:
+        observer.on_event(ev.JobFailed(str(err) if isinstance(err, BigsegError) else
+                                       f"{type(err).__name__}: {err}"))
+        raise
+    observer.on_event(ev.JobFinished(result.summary()))
+    return result
 
 
-def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
+def _say(stages: StageRunner, event: ev.Message | ev.Warning) -> None:
+    """A line for the user: an event for the observer, and a log record for diagnostics."""
+    log.log(logging.WARNING if isinstance(event, ev.Warning) else logging.INFO, "%s", event.text,
+            extra={"bigseg_event": True})
+    stages.observer.on_event(event)
+
+
+def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     t_start = time.perf_counter()
     spec, view, method, grid, target = plan.spec, plan.view, plan.method, plan.grid, plan.target
-    files, journal = JobFiles(target.work_url), Journal(target.work_url)
-    stages = _Stages(progress, journal, uuid.uuid4().hex[:8])
+    files, journal = JobFiles(target.work_url), stages.journal
     with stages.local("plan"):
         if not plan.resume:
             label_io.start(target)
             zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
                               chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(plan.identity())  # from here on, the job can be resumed
-    progress.message(f"bigseg: {view.image.url} level {spec.input.level} {view.shape} in {len(grid)} blocks of "
-                     f"{grid.block_shape} (halo {grid.halo}), method {method.name}"
-                     + (" (resuming an unfinished job)" if plan.resume else ""))
-    if getattr(client, "dashboard_link", None):
-        progress.message(f"bigseg: Dask dashboard {client.dashboard_link}")
+    started = ev.JobStarted(view.image.url, spec.input.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
+                            tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
+    log.info("job started: %s", started.to_dict())
+    stages.observer.on_event(started)
 
     blocks = list(grid)
     tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, spec.options.skip_bad_blocks) for b in blocks]
-    summaries = stages.run(client, "segment", segment_block, tasks, resources=method.resources())
+    summaries = stages.run("segment", segment_block, tasks, resources=method.resources())
     skipped = [s.error for s in summaries if s.error]
     if skipped:
-        progress.message(f"bigseg: skipped {len(skipped)} unreadable block(s), left unlabelled: "
-                         + "; ".join(skipped))
+        _say(stages, ev.Warning(f"skipped {len(skipped)} unreadable block(s), left unlabelled: "
+                                + "; ".join(skipped)))
     by_id = {s.block_id: s for s in summaries}
 
-    lookup = _stitch(plan, client, stages, files, summaries)
+    lookup = _stitch(plan, stages, files, summaries)
     dtype = label_io.label_dtype(lookup.n_objects)
     if dtype != np.uint32:
-        log.warning("%d objects do not fit uint32: writing uint64 labels", lookup.n_objects)
-        progress.message(f"bigseg: {lookup.n_objects} objects do not fit uint32; labels are uint64 "
-                         "(some viewers cannot show 64-bit labels)")
+        _say(stages, ev.Warning(f"{lookup.n_objects} objects do not fit uint32; labels are uint64 "
+                                "(some viewers cannot show 64-bit labels)"))
 
     levels = label_io.create_levels(target, view, dtype)
     relabel_tasks = [RelabelTask(b, files.fragments, target.url, target.level_path(0), target.zarr_format,
                                  lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
                                  int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
                      for b in blocks if by_id[b.id].n_fragments]
-    stages.run(client, "relabel", relabel_block, relabel_tasks)
+    stages.run("relabel", relabel_block, relabel_tasks)
 
     for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
                                       target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
                        for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run(client, "pyramid", downsample, level_tasks, step=f"pyramid-{i}", label=f"level {i}")
+        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}")
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
@@ -268,8 +239,9 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
                                              table_io.part_url(files.table_parts, b.id + 1),
                                              int(lookup.interior_base[b.id]) + 1, *table_args)
                          for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
-        stages.run(client, "measure", measure.measure_block, measure_tasks)
+        stages.run("measure", measure.measure_block, measure_tasks)
 
+    stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):
         write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
                       target.qc_url)
@@ -288,23 +260,7 @@ def _run(plan: Plan, client, progress: Progress) -> SegmentResult:
         seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped)
 
 
-def _stage_error(name: str, tasks: list, failures: list) -> Exception:
-    """One error for a stage's failed tasks: the first, named, with how many failed and what was kept."""
-    from distributed import KilledWorker
-    i, err = failures[0]
-    what = f"block {tasks[i].block.id} {region_text(tasks[i].block.core)}" if hasattr(tasks[i], "block") else \
-        f"{name} task {i}"
-    if isinstance(err, KilledWorker):
-        err = BlockError(f"{what}: the workers running it died repeatedly (out of memory?); use a smaller "
-                         "--block or workers with more memory")
-    elif not isinstance(err, BigsegError):
-        return err  # a bug: keep its traceback
-    more = f" ({len(failures)} of {len(tasks)} {name} tasks failed)" if len(failures) > 1 else ""
-    return BlockError(f"{err}{more}; the {len(tasks) - len(failures)} finished tasks are kept: fix the cause and "
-                      "run the same command again to resume")
-
-
-def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: list):
+def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
     """The stitch stage: edges from the method's rule, found by face tasks on the workers, resolved on the
     client (a class map has nothing to join: its statistics merge by class)."""
     grid, view, method = plan.grid, plan.view, plan.method
@@ -312,7 +268,7 @@ def _stitch(plan: Plan, client, stages: _Stages, files: JobFiles, summaries: lis
         with stages.local("stitch"):
             return resolve_classes(summaries, len(grid), view.ndim, view.n_channels)
     fn, tasks = method.stitch_rule(view.ndim).edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)
-    edges = stages.run(client, "stitch", fn, tasks)
+    edges = stages.run("stitch", fn, tasks)
     with stages.local("stitch"):
         return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
                        view.n_channels)

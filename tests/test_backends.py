@@ -28,7 +28,7 @@ from services.slurm import slurm  # noqa: F401
 import bigseg
 from bigseg.cluster import describe_profiles, load_profile, n_workers, open_cluster
 from bigseg.errors import ParameterError
-from bigseg.progress import Progress
+from bigseg.engine import events
 from bigseg.synthetic import nuclei
 
 pytestmark = pytest.mark.slow
@@ -133,18 +133,16 @@ def test_a_worker_killed_mid_job_on_the_hand_started_cluster_changes_nothing(das
                                                                           tmp_path):
     out = tmp_path / "out.zarr"
 
-    class KillOneWorker(Progress):
+    class KillOneWorker(events.Observer):
         """SIGKILLs a busy worker process once 3 segment records exist (its nanny starts a new one)."""
 
         def __init__(self, client):
             self.client, self.stage_name, self.killed, self.records_at_kill = client, None, None, None
 
-        def stage(self, name, total):
-            self.stage_name = name
-
-        def advance(self, n=1):
+        def on_event(self, event):
             records = glob.glob(str(out / ".bigseg-work" / "done" / "segment" / "*"))
-            if self.stage_name == "segment" and len(records) >= 3 and self.killed is None:
+            if isinstance(event, events.StageAdvanced) and event.stage == "segment" and len(records) >= 3 \
+                    and self.killed is None:
                 busy = [w for w, keys in self.client.processing().items() if keys]
                 pid = next(iter(self.client.run(os.getpid, workers=busy[:1]).values()))
                 os.kill(pid, signal.SIGKILL)
@@ -153,7 +151,7 @@ def test_a_worker_killed_mid_job_on_the_hand_started_cluster_changes_nothing(das
     profiles({"shared": {"kind": "address", "address": dask_cli.address}})
     with open_cluster("shared") as client:
         spy = KillOneWorker(client)
-        res = bigseg.segment(image, "watershed", client=client, block=BLOCK, output=str(out), progress=spy)
+        res = bigseg.segment(image, "watershed", client=client, block=BLOCK, output=str(out), observer=spy)
         client.wait_for_workers(2, timeout=60)  # the nanny's replacement
         alive = set(client.run(os.getpid).values())
     assert spy.killed is not None and spy.killed not in alive and spy.records_at_kill < N_BLOCKS
@@ -225,14 +223,15 @@ def test_the_cli_runs_a_job_file_on_the_slurm_profile(slurm, image, reference, p
 
 
 def test_an_adaptive_slurm_profile_submits_jobs_only_for_the_work(slurm, image, reference, profiles, tmp_path):
-    class SeeJobs(Progress):
+    class SeeJobs(events.Observer):
         """Records the SLURM jobs running while blocks finish."""
 
         def __init__(self):
             self.running = set()
 
-        def advance(self, n=1):
-            self.running |= {i for i, state in slurm.jobs().items() if state == "RUNNING"}
+        def on_event(self, event):
+            if isinstance(event, events.StageAdvanced):
+                self.running |= {i for i, state in slurm.jobs().items() if state == "RUNNING"}
 
     before = set(slurm.jobs())
     profiles({"elastic": {**_hpc(tmp_path), "scale": None, "adapt": {"minimum_jobs": 0, "maximum_jobs": 2}}})
@@ -241,7 +240,7 @@ def test_an_adaptive_slurm_profile_submits_jobs_only_for_the_work(slurm, image, 
         idle = len(client.scheduler_info()["workers"]), set(slurm.jobs()) - before
         assert n_workers(client) == 2  # the adaptive maximum, without waiting for a worker
         res = bigseg.segment(image, "watershed", client=client, block=BLOCK, output=str(tmp_path / "out.zarr"),
-                             progress=spy)
+                             observer=spy)
     assert idle == (0, set()) and spy.running - before
     assert not set(slurm.jobs()) - before
     _assert_identical(res.labels, reference)

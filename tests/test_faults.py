@@ -84,28 +84,26 @@ def _kill_when(args: list[str], ready, timeout: float = 240) -> None:
 
 
 def _records(label_url: str, step: str) -> int:
-    return len(glob.glob(os.path.join(label_url, ".bigseg-work", "done", step, "*.pkl")))
+    folder = os.path.join(label_url, ".bigseg-work", "done", step)
+    return sum(len(glob.glob(os.path.join(folder, f"*{suffix}"))) for suffix in (".json", ".npz"))
 
 
 def test_a_worker_killed_mid_job_changes_nothing(reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    from bigseg.progress import Progress
+    from bigseg.engine import events
     path, ref = reference
     before = checksums(path)
 
-    class KillOneWorker(Progress):
+    class KillOneWorker(events.Observer):
         """Kills a worker process (SIGKILL) once 5 blocks are done, while the others are running."""
 
         def __init__(self, client):
-            self.client, self.done, self.killed = client, 0, None
+            self.client, self.killed = client, None
 
-        def stage(self, name, total):
-            self.name = name
-
-        def advance(self, n=1):
-            self.done += n
-            if self.name == "segment" and self.done >= 5 and self.killed is None:
+        def on_event(self, event):
+            if isinstance(event, events.StageAdvanced) and event.stage == "segment" and event.done >= 5 \
+                    and self.killed is None:
                 processing = self.client.processing()
                 busy = [w for w, keys in processing.items() if keys]
                 pids = self.client.run(os.getpid, workers=busy[:1])
@@ -116,7 +114,7 @@ def test_a_worker_killed_mid_job_changes_nothing(reference, tmp_path):
             Client(cluster) as client:
         spy = KillOneWorker(client)
         res = bigseg.segment(path, "watershed", output=str(tmp_path / "out.zarr"), block=BLOCK, client=client,
-                             progress=spy)
+                             observer=spy)
         assert spy.killed is not None
         alive = client.run(os.getpid).values()
     assert spy.killed not in alive and res.blocks == N_BLOCKS
@@ -357,23 +355,16 @@ def test_an_image_smaller_than_one_block(client, tmp_path):
 def test_too_many_objects_for_uint32_switch_to_uint64_and_say_so(client, tmp_path, monkeypatch):
     """The switch itself, end to end: the uint32 limit is lowered so that a small image crosses it."""
     from bigseg.io import labels as label_io
-    from bigseg.progress import Progress
+    from bigseg.engine import events
     image, _ = nuclei((128, 128), seed=6)
     path = write_image(tmp_path / "many.zarr", image, "yx", (32, 32), levels=2)
     small = bigseg.segment(path, "threshold", name="u32", client=client, block=(64, 64))
     monkeypatch.setattr(label_io, "MAX_UINT32_ID", small.objects - 1)
 
-    class Messages(Progress):
-        def __init__(self):
-            self.lines = []
-
-        def message(self, text):
-            self.lines.append(text)
-
-    said = Messages()
-    big = bigseg.segment(path, "threshold", name="u64", client=client, block=(64, 64), progress=said)
+    said = events.EventLog()
+    big = bigseg.segment(path, "threshold", name="u64", client=client, block=(64, 64), observer=said)
     assert big.dtype == "uint64" and small.dtype == "uint32"
-    assert any("do not fit uint32; labels are uint64" in line for line in said.lines)
+    assert any("do not fit uint32; labels are uint64" in e.text for e in said.events if isinstance(e, events.Warning))
     a, b = (zarr.open_array(os.path.join(r.labels, "0"), mode="r") for r in (small, big))
     assert b.dtype == np.uint64 and np.array_equal(a[:], b[:])
     assert zarr.open_array(os.path.join(big.labels, "1"), mode="r").dtype == np.uint64
