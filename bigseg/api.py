@@ -56,13 +56,13 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
         if profile is not None:
             raise ParameterError("a scheduler address and a profile exclude each other: give one")
         profile = {"kind": "address", "address": scheduler}
-    name, prof = cluster.resolve_profile(profile)
+    _, prof = cluster.resolve_profile(profile)
     previous = store.configure(prof.storage_options) if prof.storage_options else None
     try:
         planned = prof.planned_workers(workers)
         job_plan = pipeline.plan(spec, planned) if planned else None  # checked before a cluster starts
         gpu = bool((job_plan.method if job_plan else spec.method).resources())
-        with cluster.open_cluster(prof, workers=workers, gpus=gpus, gpu=gpu) as c:
+        with cluster.open_cluster(profile, workers=workers, gpus=gpus, gpu=gpu) as c:  # by name: errors name it
             if prof.storage_options:
                 c.register_plugin(StorageOptions(prof.storage_options))
             job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
