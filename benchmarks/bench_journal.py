@@ -5,7 +5,9 @@
 For each URL: writes N segment-stage records (a block summary with a few boundary fragments, as NPZ) and
 times ``Journal.finished`` (one listing, one batched ``fs.cat``) against the former way (exists, listing,
 then one read per record): after one untimed pass (servers cache what was read), each is timed twice,
-alternately, and the better time is shown. s3:// URLs take their credentials and endpoint from the AWS_*
+alternately, and the better time is shown. Then the client's checkpoints are added as a job writes them (one
+per ``CHECKPOINT_EVERY`` tasks, the last ``--uncovered`` records left to the tasks' own records, as after a
+kill) and ``finished()`` is timed again. s3:// URLs take their credentials and endpoint from the AWS_*
 environment.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bigseg.engine import records  # noqa: E402
-from bigseg.engine.journal import Journal  # noqa: E402
+from bigseg.engine.journal import CHECKPOINT_EVERY, Journal  # noqa: E402
 from bigseg.io import store  # noqa: E402
 from bigseg.segment_blocks import BlockSummary  # noqa: E402
 
@@ -54,9 +56,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--records", type=int, default=10000)
     p.add_argument("--url", action="append", default=None)
+    p.add_argument("--uncovered", type=int, default=500, help="records written after the last checkpoint")
     args = p.parse_args()
     urls = args.url or ["memory://bigseg-bench-journal", tempfile.mkdtemp(prefix="bigseg-bench-journal-")]
-    print(f"{'store':<10} {'records':>8} {'write s':>8} {'finished() s':>13} {'one-by-one s':>13} {'ratio':>6}")
+    print(f"{'store':<10} {'records':>8} {'write s':>8} {'finished() s':>13} {'one-by-one s':>13} {'ratio':>6} "
+          f"{'checkpointed s':>15} {'ratio':>6}")
     for url in urls:
         journal = Journal(store.join(url, "work"))
         t0 = time.perf_counter()
@@ -72,9 +76,17 @@ def main() -> None:
             single = _one_by_one(journal)
             t_single = min(t_single, time.perf_counter() - t0)
             assert sorted(batched) == sorted(single) == list(range(args.records))
+        covered = max(args.records - args.uncovered, 0)
+        for start in range(0, covered, CHECKPOINT_EVERY):
+            journal.checkpoint("segment", {i: batched[i] for i in range(start, min(start + CHECKPOINT_EVERY, covered))})
+        journal.finished("segment")
+        t0 = time.perf_counter()
+        resumed = journal.finished("segment")
+        t_checkpointed = time.perf_counter() - t0
+        assert sorted(resumed) == list(range(args.records))
         kind = url.split("://")[0] if "://" in url else "local"
         print(f"{kind:<10} {args.records:>8} {written:>8.2f} {t_batched:>13.2f} {t_single:>13.2f} "
-              f"{t_single / t_batched:>6.1f}")
+              f"{t_single / t_batched:>6.1f} {t_checkpointed:>15.2f} {t_single / t_checkpointed:>6.1f}")
         store.remove(journal.work_url)
 
 

@@ -218,13 +218,13 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
                                  lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
                                  int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
                      for b in blocks if by_id[b.id].n_fragments]
-    stages.run("relabel", relabel_block, relabel_tasks)
+    stages.run("relabel", relabel_block, relabel_tasks, results=False)
 
     for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
                                       target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
                        for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}")
+        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
@@ -239,7 +239,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
                                              table_io.part_url(files.table_parts, b.id + 1),
                                              int(lookup.interior_base[b.id]) + 1, *table_args)
                          for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
-        stages.run("measure", measure.measure_block, measure_tasks)
+        stages.run("measure", measure.measure_block, measure_tasks, results=False)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):

@@ -128,6 +128,48 @@ def test_a_pickle_in_the_record_folder_is_never_unpickled(tmp_path, caplog):
     assert "3 record(s) cannot be read" in said and "subprocess.Popen" in said
 
 
+def test_checkpoints_let_a_resume_read_a_few_files_and_unused_results_are_only_listed(tmp_path, monkeypatch):
+    journal = Journal(str(tmp_path / "work"))
+    n = 2500
+    for i in range(n):
+        run_and_record(lambda v: v, _summary(1 + i % 4), journal.record_stem("segment", i))
+    journal.checkpoint("segment", {i: _summary(1 + i % 4) for i in range(1000)})
+    journal.checkpoint("segment", {i: _summary(1 + i % 4) for i in range(1000, 2000)})
+    fs, _ = store.filesystem(journal.work_url)
+    counted = _Counted(fs, monkeypatch)
+    done = journal.finished("segment")
+    assert sorted(done) == list(range(n)) and all(_same(done[i], _summary(1 + i % 4)) for i in range(n))
+    assert counted.calls["ls"] == 1 and counted.inner["cat_file"] == 2 + 500  # two checkpoints, 500 records
+    listed = journal.finished("segment", results=False)
+    assert listed == dict.fromkeys(range(n)) and counted.inner["cat_file"] == 2 + 500  # listed, nothing read
+
+
+def test_the_runner_checkpoints_a_step_as_its_results_arrive(client, tmp_path, monkeypatch):
+    from bigseg.engine import runner as runner_module
+    from bigseg.engine.runner import StageRunner
+    monkeypatch.setattr(runner_module, "CHECKPOINT_EVERY", 4)
+    journal = Journal(str(tmp_path / "work"))
+    runner = StageRunner(client, journal, "ckpt")
+    assert runner.run("square", _square, list(range(10))) == [i * i for i in range(10)]
+    folder = tmp_path / "work" / "done" / "square"
+    checkpoints = sorted(folder.glob("checkpoint-*"))
+    covered = []
+    for path in checkpoints:
+        value = records.decode(path.suffix, path.read_bytes())
+        assert value["results"] == [i * i for i in value["tasks"]]
+        covered += value["tasks"]
+    assert sorted(covered) == list(range(10)) and len(checkpoints) >= 3  # every 4 results, and the rest
+    for i in range(10):  # without the tasks' own records, the checkpoints alone resume the step
+        next(folder.glob(f"{i}.*")).unlink()
+    again = StageRunner(client, journal, "ckpt2")
+    assert again.run("square", _square, list(range(10))) == [i * i for i in range(10)]
+    assert again.resumed == {"square": 10}
+
+
+def _square(i: int) -> int:
+    return i * i
+
+
 class _Counted:
     """Counts the calls a real fsspec filesystem gets (the methods are wrapped on its cached instance):
     ``calls`` those made from outside the filesystem, ``inner`` those its own methods make."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from bigseg.blocks import region_text
 from bigseg.engine import events as ev
 from bigseg.engine.cancel import Cancellation
-from bigseg.engine.journal import Journal, run_and_record
+from bigseg.engine.journal import CHECKPOINT_EVERY, Journal, run_and_record
 from bigseg.errors import BigsegError, BlockError
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,24 @@ class StageRunner:
         self.seconds: dict[str, float] = {}
         self.resumed: dict[str, int] = {}
 
-    def run(self, name: str, fn, tasks: list, step: str | None = None, resources=None) -> list:
+    def run(self, name: str, fn, tasks: list, step: str | None = None, resources=None,
+            results: bool = True) -> list:
         """Results of ``fn`` over ``tasks``, in order; ``name`` is the stage timed, ``step`` (default
-        ``name``) the journal folder and the stage named in the events."""
+        ``name``) the journal folder and the stage named in the events. ``results=False``: the job does not use
+        them (resumed tasks give ``None``), so resuming only lists the step's records."""
         self.cancellation.raise_if_cancelled()
         t0 = time.perf_counter()
         step, total = step or name, len(tasks)
-        done = self.journal.finished(step) if tasks else {}
+        done = self.journal.finished(step, results) if tasks else {}
         done = {i: r for i, r in done.items() if i < total}
         self.observer.on_event(ev.StageStarted(step, total, len(done)))
-        results = [done.get(i) for i in range(total)]
+        results_of = [done.get(i) for i in range(total)]
         if done:
             self.resumed[step] = len(done)
             self.observer.on_event(ev.StageAdvanced(step, len(done), total))
         todo = [i for i in range(total) if i not in done]
-        failures = self._map(step, fn, tasks, todo, results, resources, len(done)) if todo else []
+        checkpoint = _Checkpoints(self.journal, step) if results else None
+        failures = self._map(step, fn, tasks, todo, results_of, resources, len(done), checkpoint) if todo else []
         seconds = time.perf_counter() - t0
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         log.info("stage %s: %d tasks (%d resumed, %d failed) in %.2f s", step, total, len(done), len(failures),
@@ -58,9 +61,9 @@ class StageRunner:
         self.observer.on_event(ev.StageEnded(step, seconds))
         if failures:
             raise stage_error(name, tasks, sorted(failures, key=lambda f: f[0]))
-        return results
+        return results_of
 
-    def _map(self, step, fn, tasks, todo, results, resources, n_done) -> list:
+    def _map(self, step, fn, tasks, todo, results, resources, n_done, checkpoint=None) -> list:
         from distributed import as_completed
         futures = self.client.map(run_and_record, [fn] * len(todo), [tasks[i] for i in todo],
                                   [self.journal.record_stem(step, i) for i in todo],
@@ -76,6 +79,8 @@ class StageRunner:
                 for fut in batch:
                     if fut.status == "finished":
                         results[index[fut.key]] = fut.result()
+                        if checkpoint is not None:
+                            checkpoint.add(index[fut.key], results[index[fut.key]])
                     else:  # reported together, after every task ended
                         failures.append((index[fut.key], _error_of(fut)))
                 n_done += len(batch)
@@ -87,6 +92,8 @@ class StageRunner:
                 raise  # else: a future cancelled under the loop; JobCancelled is raised below
         finally:
             forget()
+            if checkpoint is not None:
+                checkpoint.flush()
             if not ended:  # cancelled, interrupted, or an observer failed: leave nothing queued
                 self._release(futures)
         self.cancellation.raise_if_cancelled()
@@ -107,6 +114,25 @@ class StageRunner:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+class _Checkpoints:
+    """Collects a step's results as they arrive and writes them to the journal every ``CHECKPOINT_EVERY``."""
+
+    def __init__(self, journal: Journal, step: str):
+        self.journal, self.step, self.pending = journal, step, {}
+
+    def add(self, index: int, result) -> None:
+        self.pending[index] = result
+        if len(self.pending) >= CHECKPOINT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            self.journal.checkpoint(self.step, self.pending)
+        except OSError:  # the tasks' own records still hold these results
+            log.warning("could not write a checkpoint of step %s", self.step, exc_info=True)
+        self.pending = {}
 
 
 def _error_of(future) -> BaseException:
