@@ -393,8 +393,7 @@ def test_cancel_from_another_thread_mid_segment_releases_tasks_and_the_rerun_res
     assert reference.blocks == 64
     out = str(tmp_path / "out.zarr")
     spy, before = _After("segment", 5), set(_bigseg_tasks(client))
-    handle = JobHandle(lambda token: bigseg.segment(path, "watershed", output=out, block=BLOCK, client=client,
-                                                    observer=spy, cancellation=token))
+    handle = bigseg.submit(path, "watershed", output=out, block=BLOCK, client=client, observer=spy)
     assert spy.reached.wait(240), "the segment stage did not reach 5 blocks"
     handle.cancel()
     t0 = time.perf_counter()
