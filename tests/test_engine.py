@@ -347,14 +347,14 @@ def test_a_failing_job_ends_with_job_failed_after_its_stage_ended(client, tmp_pa
 
 
 def test_a_job_cancelled_before_it_starts_writes_nothing(tmp_path):
-    from bigseg.config import JobSpec
     from bigseg.pipeline import plan, run
+    from bigseg.spec import from_kwargs
     image, _ = nuclei((64, 64), seed=2)
     path = write_image(tmp_path / "img.zarr", image, "yx", (32, 32), levels=1)
     token, log = Cancellation(), EventLog()
     token.cancel()
     with pytest.raises(JobCancelled):
-        run(plan(JobSpec(image=path, method="threshold"), 1), client=None, observer=log, cancellation=token)
+        run(plan(from_kwargs(path, "threshold"), 1), client=None, observer=log, cancellation=token)
     assert log.events == [events.JobCancelled()]
     assert not os.path.exists(os.path.join(path, "labels"))
 
