@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_job_on_the_hand_started_cluster_changes_nothing(das
             self.client, self.stage_name, self.killed, self.records_at_kill = client, None, None, None
 
         def on_event(self, event):
-            records = glob.glob(str(out / ".bigseg-work" / "done" / "segment" / "*"))
+            records = glob.glob(str(out / ".bigseg-work" / "done" / "segment" / "[0-9]*"))
             if isinstance(event, events.StageAdvanced) and event.stage == "segment" and len(records) >= 3 \
                     and self.killed is None:
                 busy = [w for w, keys in self.client.processing().items() if keys]

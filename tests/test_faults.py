@@ -84,8 +84,9 @@ def _kill_when(args: list[str], ready, timeout: float = 240) -> None:
 
 
 def _records(label_url: str, step: str) -> int:
+    """The tasks' own records of ``step`` (``<i>.json`` / ``<i>.npz``; the client's checkpoints not counted)."""
     folder = os.path.join(label_url, ".bigseg-work", "done", step)
-    return sum(len(glob.glob(os.path.join(folder, f"*{suffix}"))) for suffix in (".json", ".npz"))
+    return sum(len(glob.glob(os.path.join(folder, f"[0-9]*{suffix}"))) for suffix in (".json", ".npz"))
 
 
 def test_a_worker_killed_mid_job_changes_nothing(reference, tmp_path):
