@@ -49,6 +49,10 @@ def test_flags_job_file_and_python_are_one_model(capsys, tmp_path, image2d):
     assert from_file(job) == JobSpec.from_file(job) == python == by_hand
     assert JobSpec.from_file(job, ["method.diameter=7um"]).method.diameter == "7um"
     assert JobSpec.model_validate_json(json.dumps(python.to_dict())) == python  # JSON spelling too
+    method_only = tmp_path / "method.yaml"  # a job file without an input: the image comes from the command line
+    method_only.write_text(yaml.safe_dump({"method": {"name": "threshold", "sigma": "1um"}}))
+    out = yaml.safe_load(_spec_cli(capsys, image2d, "--spec", str(method_only), "--set", "output.name=t"))
+    assert out["input"]["url"] == image2d and out["method"]["sigma"] == "1um" and out["output"]["name"] == "t"
 
 
 def test_a_job_file_runs_like_its_flags_and_set_overrides_it(tmp_path, image2d):

@@ -35,6 +35,11 @@ def from_dict(data: dict, source: str = "") -> JobSpec:
 
 def from_file(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
     """A job file (YAML or JSON), with ``section.field=value`` overrides applied."""
+    return from_dict(apply_overrides(read_file(path), overrides), f"job file {os.fspath(path)}")
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """A job file's data, not yet validated (YAML or JSON)."""
     path = os.fspath(path)
     try:
         with open(path) as f:
@@ -44,7 +49,10 @@ def from_file(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
             from None
     except yaml.YAMLError as err:
         raise ParameterError(f"job file {path}: not valid YAML or JSON ({' '.join(str(err).split())})") from None
-    return from_dict(apply_overrides(data or {}, overrides), f"job file {path}")
+    if data is not None and not isinstance(data, dict):
+        raise ParameterError(f"job file {path}: a job is a mapping of sections (input, method, ...), not "
+                             f"{type(data).__name__}")
+    return data or {}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
