@@ -33,6 +33,13 @@ def where(name: str | None, field: str | None = None) -> str:
     return ".".join(parts + ([field] if field else []))
 
 
+def check_gpu(profile, request: "Request", name: str | None, hint: str = "") -> None:
+    """A job whose method runs on GPUs needs a profile whose workers have them (one line otherwise)."""
+    if request.gpu and not profile.gpu:
+        raise ParameterError(f"the method runs on GPUs but {where(name)} has no GPU workers; set "
+                             f"{where(name, 'gpu')}: true{hint}")
+
+
 def require(module: str, extra: str, name: str | None = None):
     """Import ``module`` or fail in one line saying which extra to install."""
     try:

@@ -12,7 +12,7 @@ import os
 
 import dask.config
 
-from bigseg.cluster._backend import Request, on_no_workers, require, where
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,7 @@ def make_auth(profile, name: str | None):
 @contextlib.contextmanager
 def open_client(profile, request: Request, name: str | None = None):
     dask_gateway = require("dask_gateway", "gateway", name)
-    if request.gpu and not profile.gpu:
-        raise ParameterError(f"the method runs on GPUs but {where(name)} has no GPU workers; set "
-                             f"{where(name, 'gpu')}: true and the gateway's GPU options in gpu_options")
+    check_gpu(profile, request, name, " and the gateway's GPU options in gpu_options")
     address = profile.address or dask.config.get("gateway.address", default=None)
     if not address:
         raise ParameterError(f"{where(name, 'address')}: no gateway address; set it in the profile or in "

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 
-from bigseg.cluster._backend import Request, on_no_workers, require, where
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ def cluster_kwargs(profile) -> dict:
 def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     jobqueue = require("dask_jobqueue", "slurm", name)
-    if request.gpu and not profile.gpu:
-        raise ParameterError(f"the method runs on GPUs but {where(name)} has no GPU workers; set "
-                             f"{where(name, 'gpu')}: true (and request the GPU in cluster.job_extra_directives)")
+    check_gpu(profile, request, name, " (and request the GPU in cluster.job_extra_directives)")
     try:
         cluster = getattr(jobqueue, CLASSES[profile.system])(**cluster_kwargs(profile))
     except (TypeError, ValueError) as err:

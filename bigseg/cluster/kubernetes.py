@@ -14,7 +14,7 @@ import copy
 import logging
 import uuid
 
-from bigseg.cluster._backend import Request, on_no_workers, require, where
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ def gpu_worker_spec(profile) -> dict:
 def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
     operator = require("dask_kubernetes.operator", "kubernetes", name)
-    if request.gpu and not profile.gpu:
-        raise ParameterError(f"the method runs on GPUs but {where(name)} has no GPU workers; set "
-                             f"{where(name, 'gpu')}: true")
+    check_gpu(profile, request, name)
     _check_api(profile, name)
     cluster_name = f"{profile.name}-{uuid.uuid4().hex[:8]}"  # one DaskCluster per job, never another job's
     spec = cluster_spec(profile, request, cluster_name)
