@@ -104,12 +104,13 @@ def _segment(args) -> int:
 
 
 def _spec(args) -> int:
+    from bigseg.io import store
     from bigseg.spec import schema, to_yaml
     if args.schema:
         print(json.dumps(schema(), indent=1))
         return 0
     spec = job_spec(args)
-    if "://" not in spec.input.url:  # the file works from any folder
+    if not store.is_url(spec.input.url):  # the file works from any folder
         spec = spec.model_copy(update={"input": spec.input.model_copy(update={"url": os.path.abspath(spec.input.url)})})
     print(to_yaml(spec), end="")
     return 0

@@ -61,7 +61,7 @@ def plan_target(view: ImageView, name: str, output: str | None, overwrite: bool)
                              image.url, True)
     else:
         target = LabelTarget(normalize_url(output), name, image.zarr_format, image.version, image.url, False)
-    if "://" in target.url:  # first: reading its state needs the same access
+    if store.is_url(target.url):  # first: reading its state needs the same access
         check_output(target.url, "; or use --output to write the labels elsewhere" if target.in_image else "")
     if not overwrite and state(target.url) in ("complete", "other"):
         raise OutputError(f"{target.url} already exists; pass --overwrite to replace it, or choose "
@@ -91,7 +91,7 @@ def incomplete_labels(image_url: str) -> list[str]:
 
 
 def _check_writable(target: LabelTarget) -> None:
-    if "://" in target.url:
+    if store.is_url(target.url):
         return  # checked by check_output
     parent = os.path.dirname(os.path.abspath(target.url))
     while not os.path.exists(parent):

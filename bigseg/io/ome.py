@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from bigseg.errors import InputError
+from bigseg.io import store
 from bigseg.units import VoxelSize
 
 SPATIAL = ("z", "y", "x")
@@ -166,10 +167,6 @@ def open_array(url: str, path: str, zarr_format: int, mode: str = "r") -> zarr.A
     return zarr.open_array(store=url, path=path, mode=mode, zarr_format=zarr_format)
 
 
-def _is_url(url: str) -> bool:
-    return "://" in url
-
-
 def open_group(url: str, mode: str = "r", zarr_format: int | None = None) -> zarr.Group:
     return zarr.open_group(store=url, mode=mode, zarr_format=zarr_format)
 
@@ -194,14 +191,14 @@ def normalize_url(url) -> str:
 def open_image(url: str) -> OmeImage:
     """Read an OME-Zarr image's metadata; raises :class:`InputError` with a fix for bad input."""
     url = normalize_url(url)
-    if not _is_url(url) and not os.path.exists(url):
+    if not store.is_url(url) and not os.path.exists(url):
         raise InputError(f"{url}: no such file or directory; give the path of an OME-Zarr image (.zarr)")
-    if not _is_url(url) and not os.path.isdir(url):
+    if not store.is_url(url) and not os.path.isdir(url):
         raise InputError(f"{url}: not a Zarr store (it is a file); give the path of an OME-Zarr image folder")
     try:
         group = open_group(url, mode="r")
     except Exception as err:  # zarr raises several types for "nothing here"
-        if _is_url(url):  # say why: refused credentials, an unreachable store, a missing bucket, nothing there
+        if store.is_url(url):  # say why: refused credentials, an unreachable store, a missing bucket, nothing there
             from bigseg.io.access import check_input
             check_input(url, err)
         raise InputError(f"{url}: not a Zarr group ({type(err).__name__}); "

@@ -15,6 +15,11 @@ log = logging.getLogger(__name__)
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 
 
+def is_url(url: str) -> bool:
+    """An fsspec URL (``s3://``, ``https://``, ...) rather than a local path."""
+    return "://" in url
+
+
 def join(url: str, *parts: str) -> str:
     return posixpath.join(url.rstrip("/"), *parts)
 
@@ -22,7 +27,7 @@ def join(url: str, *parts: str) -> str:
 def filesystem(url: str):
     """(fsspec filesystem, path inside it). Listings are not cached: other processes (the workers, a
     resumed job) add and remove files between calls."""
-    if "://" in url:
+    if is_url(url):
         return fsspec.core.url_to_fs(url, use_listings_cache=False)
     return fsspec.core.url_to_fs(url)
 
