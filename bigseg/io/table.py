@@ -14,15 +14,11 @@ def part_url(parts_url: str, index: int) -> str:
 
 
 def write_part(df: pd.DataFrame, url: str) -> None:
-    """Write one part whole: one put on an object store (atomic there), else written aside and renamed."""
-    fs, path = store.filesystem(url)
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if store.is_object_store(fs):
-        pq.write_table(table, path, filesystem=fs)
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    pq.write_table(table, path + ".partial", filesystem=fs)
-    fs.mv(path + ".partial", path)
+    """Write one part whole (a part holds one block's objects: small), as :func:`bigseg.io.store.save_bytes`
+    writes any file."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buffer)
+    store.save_bytes(url, buffer.getvalue().to_pybytes())
 
 
 def read_table(url: str) -> pd.DataFrame:
