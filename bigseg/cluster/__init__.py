@@ -34,16 +34,10 @@ from bigseg.cluster.profiles import (
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
-BACKENDS = {"local": "local", "address": "address", "jobqueue": "jobqueue", "gateway": "gateway",
-            "kubernetes": "kubernetes"}
 
 
 def resolve_profile(profile) -> tuple[str | None, Any]:
     """(name or None, validated profile) for a profile name (default ``bigseg.profile``), mapping or model."""
-    return _resolve(profile)
-
-
-def _resolve(profile) -> tuple[str | None, Any]:
     if profile is None or isinstance(profile, str):
         from bigseg.cluster.profiles import default_name
         name = profile or default_name()
@@ -77,10 +71,10 @@ def open_cluster(profile: str | Mapping | None = None, *, workers: int | None = 
     field, missing extra, unreachable scheduler or gateway, refused login or batch job) raise a one-line
     ``ParameterError``.
     """
-    name, prof = _resolve(profile)
+    name, prof = resolve_profile(profile)
     if workers is not None and workers < 1:
         raise ParameterError(f"workers={workers}: give at least 1 worker")
-    backend = importlib.import_module(f"bigseg.cluster.{BACKENDS[prof.kind]}")
+    backend = importlib.import_module(f"bigseg.cluster.{prof.kind}")  # one module per kind
     log.info("cluster profile %s (kind %s)", name or "(given)", prof.kind)
     with backend.open_client(prof, Request(workers=workers, gpus=gpus, gpu=gpu), name) as client:
         yield client

@@ -10,7 +10,7 @@ import logging
 
 import dask.config
 
-from bigseg.cluster._backend import Request, on_no_workers, where
+from bigseg.cluster._backend import Request, first_line, on_no_workers, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def open_client(profile, request: Request, name: str | None = None):
     try:
         client = Client(address, timeout=profile.timeout)
     except (OSError, TimeoutError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise ParameterError(f"cannot reach the Dask scheduler at {address} ({reason}); check the address and "
                              f"that the scheduler runs ({where(name, 'address')})") from None
     with client:

@@ -12,7 +12,7 @@ import os
 
 import dask.config
 
-from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.cluster._backend import Request, first_line, check_gpu, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _gateway_error(err: Exception, address: str, profile, name: str | None) -> E
         return ParameterError(f"the Dask Gateway at {address} refused the login{who} ({err.status} "
                               f"{err.message}); check {secret} ({where(name, 'auth')})")
     if isinstance(err, (aiohttp.ClientConnectionError, OSError, TimeoutError)):
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         return ParameterError(f"cannot reach the Dask Gateway at {address} ({reason}); check "
                               f"{where(name, 'address')} and that the gateway runs")
     if isinstance(err, ValueError):  # 404/422 from the server: e.g. a bad option value

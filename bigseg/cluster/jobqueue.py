@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 
-from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.cluster._backend import Request, check_gpu, first_line, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def open_client(profile, request: Request, name: str | None = None):
     try:
         cluster = getattr(jobqueue, CLASSES[profile.system])(**cluster_kwargs(profile))
     except (TypeError, ValueError) as err:
-        raise ParameterError(f"{where(name, 'cluster')}: {_first_line(err)}") from None
+        raise ParameterError(f"{where(name, 'cluster')}: {first_line(err)}") from None
     job_ids: set[str] = set()
     try:
         with cluster:
@@ -124,7 +124,7 @@ def _batch_reason(err: Exception) -> str:
     text = str(err)
     text = text.split("stderr:", 1)[1] if "stderr:" in text else text
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines) or _first_line(err)
+    return "; ".join(lines) or first_line(err)
 
 
 def _job_ids(cluster) -> list[str]:
@@ -162,8 +162,3 @@ def _wait_gone(ids: list[str]) -> None:
         time.sleep(0.5)
     if left:
         log.warning("SLURM still lists worker jobs %s after cancelling them", ", ".join(left))
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

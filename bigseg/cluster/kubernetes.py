@@ -14,7 +14,7 @@ import copy
 import logging
 import uuid
 
-from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.cluster._backend import Request, first_line, check_gpu, on_no_workers, require, where
 from bigseg.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,6 @@ def _check_api(profile, name: str | None) -> None:
     try:
         kr8s.api(namespace=profile.namespace).version()
     except Exception as err:  # noqa: BLE001 - kr8s raises ValueError, httpx errors, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise ParameterError(f"cannot reach Kubernetes for {where(name)} ({reason}); check KUBECONFIG / "
                              "the current context, or run inside the cluster") from None

@@ -8,8 +8,7 @@ import contextlib
 import logging
 import os
 
-from bigseg.cluster._backend import Request, where
-from bigseg.errors import ParameterError
+from bigseg.cluster._backend import Request
 
 log = logging.getLogger(__name__)
 #: Memory a worker needs for one default-sized block (the methods use ~40 bytes a voxel).
@@ -66,9 +65,7 @@ def local_cluster(workers: int, gpus: int = 0):
 @contextlib.contextmanager
 def open_client(profile, request: Request, name: str | None = None):
     from distributed import Client
-    n = request.workers or profile.workers or default_workers()
-    if n < 1:
-        raise ParameterError(f"{where(name, 'workers')}: {n}; give at least 1 worker")
+    n = profile.planned_workers(request.workers)  # the size the job was planned for
     gpus = request.gpus if request.gpus is not None else profile.gpus
     if request.gpu and not gpus:
         gpus = "auto"
