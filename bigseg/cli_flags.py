@@ -8,15 +8,12 @@ import typing
 from bigseg.errors import ParameterError
 from bigseg.methods import METHODS, parameters
 from bigseg.spec import apply_overrides, from_dict
-from bigseg.spec.files import read_file
+from bigseg.spec.files import KEYWORDS, read_file
 from bigseg.spec.job import JobSpec
 
 
 #: Job flags: flag -> (section, field) of the job spec. Method flags are generated from the method models.
-JOB_FLAGS = {"level": ("input", "level"), "channel": ("input", "channel"), "timepoint": ("input", "timepoint"),
-             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
-             "name": ("output", "name"), "output": ("output", "url"), "overwrite": ("output", "overwrite"),
-             "skip_bad_blocks": ("options", "skip_bad_blocks")}
+JOB_FLAGS = {"name": ("output", "name"), **{k: v for k, v in KEYWORDS.items() if k != "keep_work"}}
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:

@@ -256,7 +256,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     return SegmentResult(
         labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
         blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
-        threshold=getattr(method, "threshold", None), block_shape=grid.block_shape, halo=grid.halo,
+        threshold=method.job_values().get("threshold"), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped)
 
 

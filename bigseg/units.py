@@ -37,30 +37,35 @@ class Quantity:
 
 
 def parse(value, power: int = 1) -> Quantity:
-    """``12`` / ``"12"`` (voxels) or ``"8um"``; raises ``ValueError`` with a sentence users understand."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected {EXAMPLE_LENGTH if power == 1 else EXAMPLE_VOLUME}, not {value}")
-    if isinstance(value, (int, float)):
-        q = Quantity(float(value), None, power)
-    else:
-        m = _QUANTITY.match(str(value))
-        if not m:
-            raise ValueError(f"'{value}' is not {EXAMPLE_LENGTH if power == 1 else EXAMPLE_VOLUME}")
-        number, unit, exponent = m.groups()
-        unit = unit.lower() or None
-        if unit in ("px", "vx", "voxel", "voxels", "pixel", "pixels"):
-            unit = None
-        if unit is not None and unit not in _METRES:
-            raise ValueError(f"unknown unit '{unit}' in '{value}'; use nm, um (µm) or mm")
-        given = {None: 1, "^2": 2, "2": 2, "²": 2, "^3": 3, "3": 3, "³": 3}[exponent]
-        if unit is not None and given == 1 and power > 1:
-            raise ValueError(f"'{value}' is a length, not a volume; write e.g. 20um^3 (or a number of voxels)")
-        if given > 1 and power == 1:
-            raise ValueError(f"'{value}' is not a length; write e.g. 8um (or a number of voxels)")
-        q = Quantity(float(number), unit, given if unit else power)
+    """``12`` / ``"12"`` (voxels) or ``"8um"``, 0 or more; raises ``ValueError`` with a sentence users
+    understand."""
+    q = _quantity(value, power)
     if not math.isfinite(q.value) or q.value < 0:
         raise ValueError("must be 0 or more")
     return q
+
+
+def _quantity(value, power: int) -> Quantity:
+    """The number and unit of ``value``, whatever its sign."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {EXAMPLE_LENGTH if power == 1 else EXAMPLE_VOLUME}, not {value}")
+    if isinstance(value, (int, float)):
+        return Quantity(float(value), None, power)
+    m = _QUANTITY.match(str(value))
+    if not m:
+        raise ValueError(f"'{value}' is not {EXAMPLE_LENGTH if power == 1 else EXAMPLE_VOLUME}")
+    number, unit, exponent = m.groups()
+    unit = unit.lower() or None
+    if unit in ("px", "vx", "voxel", "voxels", "pixel", "pixels"):
+        unit = None
+    if unit is not None and unit not in _METRES:
+        raise ValueError(f"unknown unit '{unit}' in '{value}'; use nm, um (µm) or mm")
+    given = {None: 1, "^2": 2, "2": 2, "²": 2, "^3": 3, "3": 3, "³": 3}[exponent]
+    if unit is not None and given == 1 and power > 1:
+        raise ValueError(f"'{value}' is a length, not a volume; write e.g. 20um^3 (or a number of voxels)")
+    if given > 1 and power == 1:
+        raise ValueError(f"'{value}' is not a length; write e.g. 8um (or a number of voxels)")
+    return Quantity(float(number), unit, given if unit else power)
 
 
 def check_length(value):
@@ -71,13 +76,8 @@ def check_length(value):
 
 
 def check_positive_length(value):
-    try:
-        q = parse(value)
-    except ValueError as err:
-        if "0 or more" not in str(err):
-            raise
-        q = Quantity(0.0)
-    if q.value <= 0:
+    q = _quantity(value, 1)
+    if not (math.isfinite(q.value) and q.value > 0):
         raise ValueError("must be positive")
     return value
 
