@@ -20,9 +20,7 @@ KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timep
 def from_dict(data: dict, source: str = "") -> JobSpec:
     """Validate plain data; errors name the field (``method.diameter: must be positive``)."""
     where = f"{source}: " if source else ""
-    if not isinstance(data, dict):
-        raise ParameterError(f"{where}a job is a mapping of sections (input, method, ...), not "
-                             f"{type(data).__name__}")
+    _check_mapping(data, where)
     version = data.get("version", SPEC_VERSION)
     if isinstance(version, int) and version > SPEC_VERSION:
         raise ParameterError(f"{where}job-file version {version} is newer than this bigseg reads (up to "
@@ -49,10 +47,14 @@ def read_file(path: str | os.PathLike) -> dict:
             from None
     except yaml.YAMLError as err:
         raise ParameterError(f"job file {path}: not valid YAML or JSON ({' '.join(str(err).split())})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ParameterError(f"job file {path}: a job is a mapping of sections (input, method, ...), not "
-                             f"{type(data).__name__}")
-    return data or {}
+    data = {} if data is None else data
+    _check_mapping(data, f"job file {path}: ")
+    return data
+
+
+def _check_mapping(data, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ParameterError(f"{where}a job is a mapping of sections (input, method, ...), not {type(data).__name__}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
