@@ -14,6 +14,7 @@ import traceback
 
 from bigseg.cli_flags import add_job_arguments, job_spec
 from bigseg.cli_render import ConsoleObserver, not_an_event
+from bigseg.cli_serve import add_serve_command, run_serve
 from bigseg.errors import BigsegError, ParameterError
 
 
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--schema", action="store_true", help="print the JSON schema of a job file")
 
     sub.add_parser("profiles", help="the cluster profiles configured, and where each comes from")
+    add_serve_command(sub)
 
     tr = sub.add_parser("train-pixel-classifier", help="train an ilastik-style pixel classifier from scribbles")
     tr.add_argument("image", help="OME-Zarr image")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr(args.verbose)
     try:
         return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
-                "train-pixel-classifier": _train}[args.command](args)
+                "train-pixel-classifier": _train, "serve": run_serve}[args.command](args)
     except BigsegError as err:
         if args.verbose:
             traceback.print_exc()
