@@ -29,11 +29,19 @@ function el(tag, attrs = {}, ...children) {
     else if (key in node && !key.includes("-") && key !== "list") node[key] = value;
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
+  node.append(...nodes(children));
   return node;
+}
+
+/** Children as nodes: arrays flattened, null/undefined/false left out, everything else as text. */
+function nodes(children) {
+  return children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
+}
+
+/** Replace node's children (same rules as el()). */
+function fill(node, ...children) {
+  node.replaceChildren(...nodes(children));
 }
 
 class ApiError extends Error {
@@ -79,20 +87,23 @@ function onCleanup(fn) {
   state.cleanups.push(fn);
 }
 
-/** Run fn now and every ms until the page changes; errors are shown in `errorBox` (when given). */
+/** Run fn now and every ms until the page changes (fn returns false: stop; a number: the next delay in ms);
+ * errors are shown in `errorBox` (when given). */
 function every(ms, fn, errorBox) {
   let stopped = false;
   let timer = null;
   const tick = async () => {
+    let delay = ms;
     try {
       const again = await fn();
       if (errorBox) errorBox.textContent = "";
       if (again === false) return;
+      if (typeof again === "number") delay = again;
     } catch (err) {
       if (errorBox && err.status !== 401) errorBox.textContent = err.message;
       if (err.status === 401 || err.status === 404) return;
     }
-    if (!stopped) timer = setTimeout(tick, ms);
+    if (!stopped) timer = setTimeout(tick, delay);
   };
   tick();
   onCleanup(() => {
@@ -207,7 +218,7 @@ function viewSignIn() {
       token.focus();
     }
   });
-  app.replaceChildren(form);
+  fill(app, form);
   token.focus();
 }
 
@@ -226,7 +237,7 @@ function viewJobs() {
     el("thead", {}, el("tr", {}, ["Title", "ID", "Owner", "Status", "Stage", "Progress", "Age", "Profile"]
       .map((h) => el("th", { scope: "col" }, h)))),
     body);
-  app.replaceChildren(el("section", {},
+  fill(app, el("section", {},
     el("div", { class: "row" }, el("h1", {}, "Jobs"), total, el("span", { class: "spacer" }),
       field("Status", filter), el("a", { class: "button", href: "#/new" }, "New job")),
     error, table));
@@ -235,7 +246,7 @@ function viewJobs() {
     const query = filter.value ? `?limit=100&status=${encodeURIComponent(filter.value)}` : "?limit=100";
     const data = await api(`/jobs${query}`);
     total.textContent = `${data.total} job${data.total === 1 ? "" : "s"}`;
-    body.replaceChildren(...data.jobs.map(jobRow));
+    fill(body, ...data.jobs.map(jobRow));
     if (!data.jobs.length) {
       body.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No jobs. ",
         el("a", { href: "#/new" }, "Submit one"), ".")));
@@ -388,7 +399,7 @@ function filePicker(onPick) {
     parent = data.parent;
     where.textContent = data.path || "Roots";
     up.disabled = !data.path;
-    list.replaceChildren(...data.entries.map((entry) => {
+    fill(list, ...data.entries.map((entry) => {
       if (entry.kind === "ome-zarr") {
         const ome = entry.ome || {};
         const about = [ome.axes, shape(ome.shape), ome.dtype, ome.levels ? `${ome.levels} levels` : "",
@@ -426,7 +437,7 @@ function viewNewJob() {
     placeholder: "default: IMAGE/labels/NAME" });
   const overwrite = el("input", { type: "checkbox", name: "overwrite", "data-field": "output.overwrite" });
   const blockShape = el("input", { type: "text", name: "block_shape", "data-field": "blocks.shape",
-    placeholder: "default: from the chunks, e.g. 32, 256, 256" });
+    placeholder: "default: from the chunks" });
   const profile = el("select", { name: "profile", "data-field": "profile" },
     info.profiles.map((p) => el("option", { value: p.name }, `${p.name} (${p.kind})`)));
   profile.value = info.default_profile || (info.profiles.find((p) => p.default) || {}).name || "";
@@ -441,15 +452,21 @@ function viewNewJob() {
   const pickerSlot = el("div");
   let form = { values: () => ({}) };
 
+  let loaded = null; // the method whose parameters are shown (or being loaded)
   const loadMethod = async () => {
+    if (method.value === loaded) return;
+    loaded = method.value;
     state.lastMethod = method.value;
-    params.replaceChildren(el("legend", {}, `Parameters of ${method.value}`), el("p", { class: "muted" }, "Loading…"));
+    fill(params, el("legend", {}, `Parameters of ${method.value}`), el("p", { class: "muted" }, "Loading…"));
     try {
-      const schema = await api(`/methods/${encodeURIComponent(method.value)}`);
+      const name = method.value;
+      const schema = await api(`/methods/${encodeURIComponent(name)}`);
+      if (name !== loaded) return; // another method was chosen meanwhile
       form = parameterForm(schema);
-      params.replaceChildren(el("legend", {}, `Parameters of ${method.value}`), form.node);
+      fill(params, el("legend", {}, `Parameters of ${name}`), form.node);
     } catch (err) {
-      params.replaceChildren(el("legend", {}, "Parameters"), el("p", { class: "error" }, err.message));
+      loaded = null;
+      fill(params, el("legend", {}, "Parameters"), el("p", { class: "error" }, err.message));
     }
   };
   method.addEventListener("change", loadMethod);
@@ -460,7 +477,7 @@ function viewNewJob() {
       picker.panel.remove();
       image.focus();
     });
-    pickerSlot.replaceChildren(picker.panel);
+    fill(pickerSlot, picker.panel);
     picker.open(null);
   });
 
@@ -481,7 +498,7 @@ function viewNewJob() {
   };
 
   const showError = (err) => {
-    error.textContent = err.field ? `${err.field}: ${err.message}` : err.message;
+    error.textContent = err.field && !err.message.startsWith(err.field) ? `${err.field}: ${err.message}` : err.message;
     const target = err.field && formNode.querySelector(`[data-field="${CSS.escape(err.field)}"]`);
     if (target) {
       target.setAttribute("aria-invalid", "true");
@@ -540,7 +557,7 @@ function viewNewJob() {
       submit.disabled = false;
     }
   });
-  app.replaceChildren(formNode);
+  fill(app, formNode);
   loadMethod();
 }
 
@@ -558,7 +575,7 @@ function showPlan(node, plan) {
     ["Time", `≈ ${duration(plan.est_seconds)}`],
     ["Profile", plan.profile],
   ];
-  node.replaceChildren(el("h2", {}, "Plan"),
+  fill(node, el("h2", {}, "Plan"),
     el("dl", {}, rows.map(([k, v, id]) => [el("dt", {}, k), el("dd", { "data-testid": id }, v ?? "")])),
     plan.warnings && plan.warnings.length
       ? el("ul", { class: "warnings", "aria-label": "Warnings" }, plan.warnings.map((w) => el("li", {}, w)))
@@ -580,7 +597,7 @@ function viewJob(id) {
   const result = el("section", { class: "result", "aria-label": "Result", hidden: true });
   const events = el("ol", { class: "events", "aria-label": "Events" });
   const log = el("pre", { class: "log", "aria-label": "Log", tabindex: 0 });
-  app.replaceChildren(el("section", {}, head, actions, error, stages, result,
+  fill(app, el("section", {}, head, actions, error, stages, result,
     el("div", { class: "cols" },
       el("section", {}, el("h2", {}, "Events"), events),
       el("section", {}, el("h2", {}, "Log"), log))));
@@ -606,7 +623,7 @@ function viewJob(id) {
 
   const showJob = () => {
     const title = job.title || job.id;
-    head.replaceChildren(
+    fill(head,
       el("div", { class: "row" }, el("h1", {}, title), badge(job.status)),
       el("dl", { class: "facts" },
         el("dt", {}, "ID"), el("dd", { class: "mono" }, job.id),
@@ -650,26 +667,28 @@ function viewJob(id) {
         el("span", { class: "counts" }, counts, extra ? ` (${extra})` : ""),
         el("span", { class: "muted" }, s.state));
     });
-    stages.replaceChildren(el("h2", {}, "Progress"),
+    fill(stages, el("h2", {}, "Progress"),
       el("div", { class: "stage total" }, el("span", { class: "name" }, "overall"),
         progressBar("Overall progress", done), el("span", { class: "counts" }, `${percent(done)}%`),
         el("span", { class: "muted" }, progress.stage || "")),
       rows);
   };
 
-  const addEvents = (list) => {
+  const addEvents = (list, via) => {
     for (const e of list) {
       if (e.seq <= lastSeq) continue;
       lastSeq = e.seq;
-      events.append(el("li", { class: `ev-${e.kind}` },
-        el("time", { datetime: e.ts, title: e.ts }, e.ts ? new Date(e.ts).toLocaleTimeString() : ""),
+      const when = eventTime(e.ts);
+      events.append(el("li", { class: `ev-${e.kind}`, "data-via": via },
+        el("time", { datetime: when && when.toISOString(), title: when && when.toISOString() },
+          when ? when.toLocaleTimeString() : ""),
         el("span", { class: "kind" }, e.kind), el("span", {}, describeEvent(e))));
     }
   };
 
   const pollEvents = async () => {
     const data = await api(`${path}/events?after=${lastSeq}`);
-    addEvents(data.events || []);
+    addEvents(data.events || [], "poll");
     return !(job && TERMINAL.has(job.status)) || data.events.length > 0;
   };
 
@@ -686,12 +705,17 @@ function viewJob(id) {
       try {
         const data = JSON.parse(message.data);
         addEvents([{ seq: Number(message.lastEventId || data.seq), ts: data.ts, kind: data.kind || message.type,
-          data: data.data !== undefined ? data.data : data }]);
+          data: data.data !== undefined ? data.data : data }], "sse");
       } catch (err) {
         /* a malformed event is skipped: the next poll of the job shows the state */
       }
     };
     EVENT_KINDS.forEach((kind) => source.addEventListener(kind, onEvent));
+    source.addEventListener("end", () => {
+      // The job is over and the server closed the stream: do not let the browser reconnect.
+      source.close();
+      if (live === source) live = null;
+    });
     source.onmessage = onEvent;
     source.onerror = () => {
       // The stream ends when the job is done (the browser would reconnect): stop, then catch up by polling.
@@ -721,7 +745,7 @@ function viewJob(id) {
     showJob();
     await pollLog().catch(() => {});
     const terminal = TERMINAL.has(job.status);
-    if (terminal && wasTerminal) return true; // keep watching slowly: a retry elsewhere shows up
+    if (terminal && wasTerminal) return 5000; // keep watching slowly: a retry elsewhere shows up
     if (terminal) {
       wasTerminal = true;
       if (live) {
@@ -735,6 +759,13 @@ function viewJob(id) {
     return true;
   }, error);
   pollEvents().then(startLive, startLive);
+}
+
+/** An event's time: epoch seconds (a number) or an ISO-8601 string. */
+function eventTime(ts) {
+  if (ts === null || ts === undefined || ts === "") return null;
+  const when = typeof ts === "number" ? new Date(ts * 1000) : new Date(ts);
+  return Number.isNaN(when.getTime()) ? null : when;
 }
 
 function describeEvent(e) {
@@ -768,7 +799,7 @@ function showResult(node, job) {
     }
     copied.textContent = "Copied";
   });
-  node.replaceChildren(
+  fill(node,
     el("h2", {}, "Result"),
     el("dl", { class: "facts" },
       el("dt", {}, "Objects"), el("dd", { "data-testid": "objects" }, r.objects),
@@ -793,18 +824,19 @@ function showResult(node, job) {
 function pythonSnippet(r) {
   const q = (s) => JSON.stringify(String(s ?? ""));
   return [
-    "# Python",
     "import pandas as pd",
     "import zarr",
     "from ome_zarr.io import parse_url",
     "from ome_zarr.reader import Reader",
     "",
-    `labels = zarr.open_group(${q(r.labels)}, mode="r")["0"]  # full resolution`,
-    `nodes = list(Reader(parse_url(${q(r.labels)}))())  # or with ome-zarr: nodes[0].data = levels`,
-    `table = pd.read_parquet(${q(r.table)})`,
+    `labels_path = ${q(r.labels)}`,
+    `table_path = ${q(r.table)}`,
+    "labels = zarr.open_group(labels_path, mode=\"r\")[\"0\"]  # full resolution",
+    "levels = list(Reader(parse_url(labels_path))())[0].data  # all resolutions (dask arrays)",
+    "table = pd.read_parquet(table_path)",
     "",
-    "# napari (with the napari-ome-zarr plugin)",
-    `# napari ${r.labels}`,
+    "# or look at it in napari (napari-ome-zarr plugin), from a shell:",
+    `#   napari ${r.labels}`,
   ].join("\n");
 }
 
@@ -822,7 +854,7 @@ function tablePreview(node, base) {
     try {
       data = await api(`${base.slice(API.length)}/table?${query}`);
     } catch (err) {
-      node.replaceChildren(el("p", { class: "error" }, err.message));
+      fill(node, el("p", { class: "error" }, err.message));
       return;
     }
     const header = data.columns.map((c) => {
@@ -835,7 +867,7 @@ function tablePreview(node, base) {
         } }, c, on ? (desc ? " ▼" : " ▲") : ""));
     });
     const cell = (v) => el("td", {}, typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(6) : v ?? "");
-    node.replaceChildren(
+    fill(node,
       el("p", { class: "muted" }, `${data.rows.length} of ${data.total} rows`),
       el("table", { class: "data", "aria-label": "Table preview", "data-sort": sort || "", "data-desc": String(desc) },
         el("thead", {}, el("tr", {}, header)),
