@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from services.bigseg_server import database, events_of, job_body, server, start_server  # noqa: F401
+from services.postgres import postgres  # noqa: F401
 
 import bigseg
 from bigseg.synthetic import nuclei, write_ome_zarr
-from services.bigseg_server import database, events_of, job_body, server, start_server  # noqa: F401
-from services.postgres import postgres  # noqa: F401
 
 pytestmark = pytest.mark.service
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "data", "openapi.json")

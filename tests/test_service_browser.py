@@ -21,10 +21,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
-from bigseg.synthetic import nuclei, write_ome_zarr
 from services.bigseg_server import Server, start_server  # noqa: F401
 from services.chromium import browser  # noqa: F401
+
+from bigseg.synthetic import nuclei, write_ome_zarr
 
 pytestmark = pytest.mark.slow
 

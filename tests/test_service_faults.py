@@ -12,11 +12,11 @@ import numpy as np
 import psutil
 import pytest
 import zarr
+from services.bigseg_server import database, events_of, job_body, server, start_server  # noqa: F401
+from services.postgres import postgres  # noqa: F401
 
 import bigseg
 from bigseg.synthetic import nuclei, write_ome_zarr
-from services.bigseg_server import database, events_of, job_body, server, start_server  # noqa: F401
-from services.postgres import postgres  # noqa: F401
 
 pytestmark = [pytest.mark.service, pytest.mark.faults]
 #: 144 blocks of 32^3: long enough (segment ~6 s, stitch ~3 s on 2 workers) to act in the middle of a stage.

@@ -7,7 +7,6 @@ import subprocess
 from urllib.parse import urlsplit
 
 import pytest
-
 from services.postgres import ROLE, postgres  # noqa: F401
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]'")

@@ -81,7 +81,7 @@ class ServiceConfig(BaseModel):
         return self.model_dump_json(by_alias=True)
 
     @classmethod
-    def from_env(cls) -> "ServiceConfig":
+    def from_env(cls) -> ServiceConfig:
         return cls.model_validate(json.loads(os.environ[ENV]))
 
     def apply_profiles(self) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -125,7 +126,7 @@ class Store:
         return self._writer.begin()
 
     # --- schema ---------------------------------------------------------------------------------------
-    def create(self) -> "Store":
+    def create(self) -> Store:
         """Create the tables when the database is new; refuse a database of a newer schema. Returns self."""
         try:
             with self._write() as con:
@@ -279,7 +280,7 @@ def _engine(url: str) -> sa.Engine:
         eng = sa.create_engine(target, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(eng, "connect")
-        def _pragmas(dbapi_con, _record):  # noqa: ANN001 - SQLAlchemy's callback
+        def _pragmas(dbapi_con, _record):
             dbapi_con.isolation_level = None  # transactions are begun below, not by the driver
             cur = dbapi_con.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -288,7 +289,7 @@ def _engine(url: str) -> sa.Engine:
             cur.close()
 
         @sa.event.listens_for(eng, "begin")
-        def _begin(con):  # noqa: ANN001 - SQLAlchemy's callback
+        def _begin(con):
             # a write transaction takes the write lock first: read-then-write cannot fail on a lock upgrade
             con.exec_driver_sql("BEGIN IMMEDIATE" if con.get_execution_options().get("write") else "BEGIN")
         return eng

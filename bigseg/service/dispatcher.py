@@ -33,7 +33,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bigseg-dispatcher", daemon=True)
 
-    def start(self) -> "Dispatcher":
+    def start(self) -> Dispatcher:
         self._thread.start()
         return self
 
@@ -50,7 +50,7 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the database is away for a moment: try again next tick
+            except Exception:
                 log.exception("dispatcher tick failed")
             self._wake.wait(TICK_S)
             self._wake.clear()

@@ -5,7 +5,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from bigseg.errors import BigsegError
@@ -168,4 +168,4 @@ def _plain(value):
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -16,7 +16,14 @@ import time
 
 from bigseg.engine import events as ev
 from bigseg.engine.cancel import Cancellation
-from bigseg.errors import BigsegError, BlockError, InputError, JobCancelled, OutputError, ParameterError
+from bigseg.errors import (
+    BigsegError,
+    BlockError,
+    InputError,
+    JobCancelled,
+    OutputError,
+    ParameterError,
+)
 from bigseg.service import states
 from bigseg.service.config import ServiceConfig
 from bigseg.service.db import Store
@@ -42,7 +49,7 @@ class Reporter(ev.Observer):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bigseg-reporter", daemon=True)
 
-    def start(self) -> "Reporter":
+    def start(self) -> Reporter:
         self._thread.start()
         return self
 
@@ -79,7 +86,7 @@ class Reporter(ev.Observer):
                 if job is None or job["status"] == states.CANCELING:
                     self.cancellation.cancel()
                 last_beat = time.monotonic()
-            except Exception:  # noqa: BLE001 - the database is away for a moment: keep running, retry
+            except Exception:
                 if time.monotonic() - last_beat > 10 * self.heartbeat:
                     log.exception("cannot reach the service database")
 
@@ -132,7 +139,7 @@ def _run_job(job: dict, reporter: Reporter, cancellation: Cancellation) -> tuple
     except BigsegError as err:
         log.error("%s", err)
         return states.FAILED, {"reason": "the job failed", "error": {"message": str(err), "kind": error_kind(err)}}
-    except BaseException as err:  # noqa: BLE001 - a bug or a crash: keep its traceback in the job's log
+    except BaseException as err:
         log.exception("job failed")
         return states.FAILED, {"reason": "the job failed",
                                "error": {"message": f"{type(err).__name__}: {err}", "kind": "system"}}

@@ -9,6 +9,24 @@ import subprocess
 import time
 
 
+def apt_install(*packages: str, what: str) -> None:
+    """``apt-get update`` and ``apt-get install`` ``packages`` (as root; the test is skipped naming ``what``
+    otherwise), waiting for another apt-get that holds the lists lock."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} is not installed and installing it needs root: apt-get install {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    for args in (["update"], ["install", "-y", "--no-install-recommends", *packages]):
+        for attempt in range(10):  # another apt-get may hold the lists lock for a while
+            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True, check=False)
+            if proc.returncode == 0:
+                break
+            if "lock" not in proc.stderr.lower() or attempt == 9:
+                raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+            time.sleep(10)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
     socks = []

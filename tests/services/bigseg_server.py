@@ -98,7 +98,7 @@ class Server:
         finally:
             store.dispose()
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_repo(), os.environ.get("PYTHONPATH")]))}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "bigseg", "serve", *self.args], stdout=out,

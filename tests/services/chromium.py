@@ -7,10 +7,10 @@ session-scoped fixture ``browser``: ``from services.chromium import browser  # n
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 
 import pytest
+
+from services._process import apt_install
 
 CHROMIUM = "/usr/bin/chromium"
 #: Root needs --no-sandbox; the rest keeps a headless browser from reaching out to the network.
@@ -22,18 +22,7 @@ def ensure_installed() -> None:
     """Install Debian's chromium with apt-get (as root) unless it is there already."""
     if os.access(CHROMIUM, os.X_OK):
         return
-    if os.geteuid() != 0:
-        pytest.skip(f"Chromium ({CHROMIUM}) is not installed and installing it needs root: apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=600"]
-    for args in (["update"], ["install", "-y", "--no-install-recommends", "chromium"]):
-        for attempt in range(10):  # another apt-get may hold the lists lock for a while
-            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                break
-            if "lock" not in proc.stderr.lower() or attempt == 9:
-                raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-            time.sleep(10)
+    apt_install("chromium", what=f"Chromium ({CHROMIUM})")
 
 
 @pytest.fixture(scope="session")

@@ -22,14 +22,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from services._process import free_ports, read_text, stop, wait_until
+from services._process import apt_install, free_ports, read_text, stop, wait_until
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
@@ -62,22 +61,11 @@ def ensure_installed() -> str:
     found = postgres_binaries()
     if found:
         return found
-    if os.geteuid() != 0:
-        pytest.skip("PostgreSQL (Debian package postgresql) is not installed and installing it needs root")
     os.makedirs(os.path.dirname(NO_MAIN_CLUSTER), exist_ok=True)
     with open(NO_MAIN_CLUSTER, "w") as f:
         f.write("# written by bigseg's tests: the tests start their own private clusters\n"
                 "create_main_cluster = false\n")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=600"]
-    for args in (["update"], ["install", "-y", "--no-install-recommends", "postgresql"]):
-        for attempt in range(10):  # another apt-get may hold the lists lock for a while
-            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                break
-            if "lock" not in proc.stderr.lower() or attempt == 9:
-                raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-            time.sleep(10)
+    apt_install("postgresql", what="PostgreSQL (Debian package postgresql)")
     found = postgres_binaries()
     if found is None:
         raise RuntimeError("apt-get installed postgresql but /usr/lib/postgresql/*/bin/postgres is missing")

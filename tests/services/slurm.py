@@ -15,12 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from services._process import free_ports, read_text, stop, wait_until
+from services._process import apt_install, free_ports, read_text, stop, wait_until
 
 log = logging.getLogger(__name__)
 NODE = "bigseg-node"
@@ -35,18 +34,7 @@ def ensure_installed() -> None:
     """Install slurm-wlm and munge with apt-get (as root) unless they are there already."""
     if all(os.access(p, os.X_OK) for p in DAEMONS):
         return
-    if os.geteuid() != 0:
-        pytest.skip("SLURM (slurm-wlm, munge) is not installed and installing it needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=600"]
-    for args in (["update"], ["install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]):
-        for attempt in range(10):  # another apt-get may hold the lists lock for a while
-            proc = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                break
-            if "lock" not in proc.stderr.lower() or attempt == 9:
-                raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-            time.sleep(10)
+    apt_install("slurm-wlm", "munge", what="SLURM (slurm-wlm, munge)")
 
 
 @dataclass
