@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 
 import numpy as np
 import pandas as pd
@@ -242,10 +243,81 @@ def test_database_schema_is_versioned(server, database):
     assert proc.stderr.strip().count("\n") == 0 and "schema version 99" in proc.stderr and "upgrade" in proc.stderr
 
 
-def _add_user(server, name: str, root: str) -> str:
+def _add_user(server, name: str, root: str, *options: str) -> str:
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "bigseg", "serve", "user", "add", name, "--root", root,
+    proc = subprocess.run([sys.executable, "-m", "bigseg", "serve", "user", "add", name, "--root", root, *options,
                            "--data-dir", server.data_dir, "--database", server.database],
                           capture_output=True, text=True, timeout=60, check=True)
     return proc.stdout.strip().rsplit(" ", 1)[-1]
+
+
+def test_events_stream_live_until_the_job_ends(server, data):
+    import httpx
+    job = server.submit(job_body(small_image(data), diameter=8))
+    seen = []
+    headers = {"Authorization": f"Bearer {server.token}", "Accept": "text/event-stream"}
+    with httpx.stream("GET", f"{server.api}/jobs/{job['id']}/events", headers=headers, timeout=120) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind != "end":
+                seen.append(json.loads(line[6:]))
+            if kind == "end":
+                break
+    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))  # every event, once, in order
+    assert [e["data"]["to"] for e in seen if e["kind"] == "state"] == ["queued", "starting", "running", "succeeded"]
+    assert seen == events_of(server, job["id"])  # the stream and the history agree
+    with httpx.stream("GET", f"{server.api}/jobs/{job['id']}/events", headers={**headers, "Last-Event-ID": "3"},
+                      timeout=60) as stream:  # a reconnecting browser resumes after the last event it saw
+        ids = [int(line[4:]) for line in stream.iter_lines() if line.startswith("id: ")]
+    assert ids == [e["seq"] for e in seen if e["seq"] > 3]
+
+
+def test_info_methods_files_and_dashboards(server, data):
+    image = small_image(data, "browse.zarr")
+    os.makedirs(os.path.join(data, "folder"))
+    with server.http() as c:
+        info = c.get("/info").json()
+        assert info["version"] == bigseg.__version__ and "watershed" in info["methods"]
+        assert {"name": "local", "kind": "local", "default": True} in info["profiles"]
+        schema = c.get("/methods/watershed").json()
+        assert {"diameter", "sigma", "threshold_method"} <= set(schema["properties"])
+        roots = c.get("/files").json()
+        assert [e["path"] for e in roots["entries"]] == [os.path.realpath(data)]
+        listing = c.get("/files", params={"path": data}).json()
+        assert [(e["name"], e["kind"]) for e in listing["entries"]] == [("browse.zarr", "ome-zarr"), ("folder", "dir")]
+        ome = listing["entries"][0]["ome"]
+        assert ome["axes"] == "zyx" and ome["shape"] == [32, 128, 128] and ome["dtype"] == "uint16"
+        assert c.get("/files", params={"path": os.path.dirname(data)}).status_code == 403
+
+        job = server.submit(job_body(image, diameter=8))
+        running = server.wait(job["id"], {"running", "succeeded"}, check=lambda j: j["dashboard"] or
+                              j["status"] == "succeeded")
+        if running["status"] == "running":  # the owner sees the job's Dask dashboard, on loopback only
+            assert running["dashboard"].startswith("http://127.0.0.1:")
+        done = server.wait(job["id"], "succeeded")
+        assert done["dashboard"] is None  # gone with the job's cluster
+
+
+def test_per_user_limits(start_server, database, tmp_path):
+    server = start_server(database, runners=2)
+    carol = tmp_path / "carol"
+    carol.mkdir()
+    images = [small_image(str(carol), f"{i}.zarr", seed=i) for i in range(4)]
+    token = _add_user(server, "carol", f"{carol}:rw", "--max-running", "1", "--max-queued", "2")
+    with server.http(token) as c:
+        jobs = [c.post("/jobs", json=job_body(image, diameter=8)) for image in images[:3]]
+        assert [r.status_code for r in jobs] == [201, 201, 201]  # the first leaves the queue at once
+        server.wait(jobs[0].json()["id"], "running")
+        refused = c.post("/jobs", json=job_body(images[3], diameter=8))
+        assert refused.status_code == 429 and "2 queued jobs" in refused.json()["detail"]
+        ids = [r.json()["id"] for r in jobs]
+        while True:  # never two of carol's jobs running at once, although the server runs 2
+            active = [j for j in c.get("/jobs").json()["jobs"] if j["status"] in ("starting", "running")]
+            assert len(active) <= 1
+            if all(c.get(f"/jobs/{i}").json()["status"] == "succeeded" for i in ids):
+                break
+            time.sleep(0.2)
