@@ -188,6 +188,11 @@ def normalize_url(url) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+def _missing_level(url: str, path: str) -> InputError:
+    return InputError(f"{url}: the metadata names level '{path}' but there is no such array; the image is "
+                      "incomplete or its metadata is wrong")
+
+
 def open_image(url: str) -> OmeImage:
     """Read an OME-Zarr image's metadata; raises :class:`InputError` with a fix for bad input."""
     url = normalize_url(url)
@@ -211,8 +216,13 @@ def open_image(url: str) -> OmeImage:
         raise InputError(f"{url}: Zarr group without OME-NGFF 'multiscales' metadata; "
                          "convert the image to OME-Zarr first, e.g. with bioformats2raw")
     ms = ome["multiscales"][0]
+    if "axes" not in ms:  # NGFF 0.1/0.2: no axes; the first level's dimensions are the last of t, c, z, y, x
+        first = ms["datasets"][0]["path"]
+        if first not in group:
+            raise _missing_level(url, first)
+        ms = {**ms, "axes": [{"name": n} for n in "tczyx"[-group[first].ndim:]]}
     axes = tuple(Axis(a["name"], a.get("type"), a.get("unit")) if isinstance(a, dict) else Axis(a)
-                 for a in ms.get("axes", [{"name": n} for n in "tczyx"[-group[ms["datasets"][0]["path"]].ndim:]]))
+                 for a in ms["axes"])
     names = [a.name for a in axes]
     if not {"y", "x"} <= set(names) or set(names) - {"t", "c", "z", "y", "x"}:
         raise InputError(f"{url}: axes {names} are not supported; bigseg needs (t, c, z,) y, x axes")
@@ -222,8 +232,7 @@ def open_image(url: str) -> OmeImage:
         try:
             arr = group[ds["path"]]
         except KeyError:
-            raise InputError(f"{url}: the metadata names level '{ds['path']}' but there is no such array; "
-                             "the image is incomplete or its metadata is wrong") from None
+            raise _missing_level(url, ds["path"]) from None
         if arr.ndim != len(axes):
             raise InputError(f"{url}/{ds['path']}: the array has {arr.ndim} dimensions but the metadata "
                              f"names {len(axes)} axes {names}; fix the metadata")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from importlib.resources import files
 from typing import Annotated
 
@@ -36,7 +37,7 @@ from bigseg.service.config import ServiceConfig
 from bigseg.service.db import OutputBusy, Store
 from bigseg.service.dispatcher import Dispatcher
 from bigseg.service.metrics import metrics_text
-from bigseg.service.paths import Access, PathForbidden, parse_root
+from bigseg.service.paths import Access, PathForbidden
 from bigseg.spec import JobSpec
 
 API = "/api/v1"
@@ -69,7 +70,7 @@ class User(BaseModel):
     limits: dict
 
     def access(self, config: ServiceConfig) -> Access:
-        return Access([parse_root(r) for r in self.roots], config.models)
+        return config.access_for({"admin": self.admin, "roots": self.roots})
 
 
 class ApiError(HTTPException):
@@ -93,8 +94,7 @@ def current_user(request: Request, authorization: Annotated[str | None, Header()
     row = store.user_by_token_hash(hash_token(token))
     if row is None:
         raise ApiError(401, "this token is not valid (revoked, or mistyped): ask an admin for a new one")
-    roots = config.roots if row["admin"] and not row["roots"] else row["roots"]
-    return User(name=row["name"], admin=row["admin"], roots=roots, limits=row["limits"] or {})
+    return User(name=row["name"], admin=row["admin"], roots=config.roots_of(row), limits=row["limits"] or {})
 
 
 Caller = Annotated[User, Depends(current_user)]
@@ -226,7 +226,7 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         job = visible_job(job_id, user)
         try:
             done = store.transition(job_id, states.QUEUED, f"retry by {user.name}", attempt=job["attempt"] + 1,
-                                    queued=__import__("time").time(), finished=None, error=None, result=None,
+                                    queued=time.time(), finished=None, error=None, result=None,
                                     progress=None, cancel_requested=None, runner_pid=None)
         except OutputBusy as err:
             raise ApiError(409, str(err), "output") from None

@@ -77,6 +77,15 @@ class ServiceConfig(BaseModel):
     def job_dir(self, job_id: str) -> str:
         return os.path.join(self.data_dir, "jobs", job_id)
 
+    def roots_of(self, user: dict) -> list[str]:
+        """A user's folders (``PATH:mode``): their own; an admin without any gets the service's ``roots``."""
+        return self.roots if user["admin"] and not user["roots"] else list(user["roots"] or [])
+
+    def access_for(self, user: dict):
+        """The :class:`~bigseg.service.paths.Access` that checks a user's paths."""
+        from bigseg.service.paths import Access, parse_root
+        return Access([parse_root(r) for r in self.roots_of(user)], self.models)
+
     def to_env(self) -> str:
         return self.model_dump_json(by_alias=True)
 

@@ -165,6 +165,10 @@ class Store:
                                                      users.c.disabled.is_(False))).mappings().first()
         return _plain(row)
 
+    def user(self, name: str) -> dict | None:
+        with self.engine.connect() as con:
+            return _plain(con.execute(sa.select(users).where(users.c.name == name)).mappings().first())
+
     def users(self) -> list[dict]:
         with self.engine.connect() as con:
             return [_plain(r) for r in con.execute(sa.select(users).order_by(users.c.name)).mappings()]

@@ -27,6 +27,7 @@ from bigseg.errors import (
 from bigseg.service import states
 from bigseg.service.config import ServiceConfig
 from bigseg.service.db import Store
+from bigseg.service.paths import PathForbidden
 from bigseg.service.progress import Progress
 
 log = logging.getLogger("bigseg.service.runner")
@@ -46,6 +47,7 @@ class Reporter(ev.Observer):
         self._pending: list[tuple[str, dict]] = []
         self._advanced: dict[str, dict] = {}
         self._dashboard: str | None = None
+        self._started = False  # the job has started (cluster up, plan done): the job becomes running
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bigseg-reporter", daemon=True)
 
@@ -63,7 +65,7 @@ class Reporter(ev.Observer):
                 self._advanced[event.stage] = data
                 return
             if isinstance(event, ev.JobStarted):
-                self._dashboard = event.dashboard
+                self._dashboard, self._started = event.dashboard, True
             self._pending.extend(("StageAdvanced", d) for d in self._advanced.values())
             self._advanced.clear()
             self._pending.append((kind, data))
@@ -75,6 +77,10 @@ class Reporter(ev.Observer):
             values = {"progress": self.progress.to_dict(), "heartbeat": time.time()}
             if self._dashboard:
                 values["dashboard"] = self._dashboard
+            started, self._started = self._started, False
+        if started:
+            self.store.transition(self.job_id, states.RUNNING, f"runner pid {os.getpid()}: cluster up, job started",
+                                  started=time.time())
         self.store.add_events(self.job_id, items, **values)
 
     def _loop(self) -> None:
@@ -97,23 +103,22 @@ class Reporter(ev.Observer):
 
 
 def run(store: Store, config: ServiceConfig, job_id: str) -> str:
-    """Run the job; returns the state it ended in (what the database says)."""
-    now = time.time()
-    took = store.transition(job_id, states.RUNNING, f"runner pid {os.getpid()} started", started=now, heartbeat=now,
-                            runner_pid=os.getpid())
-    if not took.ok and took.found == states.CANCELING:  # cancelled while the runner started
+    """Run the job; returns the state it ended in (what the database says). The job stays ``starting`` while
+    its cluster starts (a batch queue may hold it for long) and turns ``running`` when the job has started."""
+    job = store.job(job_id)
+    if job is not None and job["status"] == states.CANCELING:  # cancelled while the runner started
         store.transition(job_id, states.CANCELED, "cancelled before it started")
         return states.CANCELED
-    if not took.ok:
-        log.warning("job %s is %s, not starting: nothing to run", job_id, took.found)
-        return took.found or "missing"
-    job = store.job(job_id)
-    log.info("job %s attempt %d: %s", job_id, job["attempt"], job["spec"])
+    if job is None or job["status"] != states.STARTING:
+        log.warning("job %s is %s, not starting: nothing to run", job_id, job and job["status"])
+        return job["status"] if job else "missing"
+    log.info("job %s attempt %d (runner pid %d): %s", job_id, job["attempt"], os.getpid(), job["spec"])
     cancellation = Cancellation()
-    signal.signal(signal.SIGTERM, lambda *_: cancellation.cancel())
+    # a signal handler must not block: the cancel (which releases the cluster's tasks) runs in a thread
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=cancellation.cancel, daemon=True).start())
     config.apply_profiles()
     reporter = Reporter(store, job_id, cancellation, config.heartbeat).start()
-    outcome, values = _run_job(job, reporter, cancellation)
+    outcome, values = _run_job(job, config, reporter, cancellation)
     reporter.close()
     if outcome == states.CANCELED and store.job(job_id)["status"] != states.CANCELING:
         outcome, values["reason"] = states.INTERRUPTED, "the runner was stopped (SIGTERM)"
@@ -127,12 +132,16 @@ def run(store: Store, config: ServiceConfig, job_id: str) -> str:
     return outcome if ended.ok else ended.found
 
 
-def _run_job(job: dict, reporter: Reporter, cancellation: Cancellation) -> tuple[str, dict]:
+def _run_job(job: dict, config: ServiceConfig, reporter: Reporter, cancellation: Cancellation) -> tuple[str, dict]:
     """Run the job's spec; the state it should end in and the job values to write."""
     from bigseg import api
     from bigseg.spec import from_dict
     try:
         spec = from_dict(job["spec"])
+        owner = reporter.store.user(job["owner"])
+        if owner is None or owner["disabled"]:
+            raise BigsegError(f"the job's owner {job['owner']} was revoked; an admin may add the user again")
+        config.access_for(owner).check_spec(spec)  # again: a folder may have changed since the job was queued
         result = api.segment(spec, profile=job["profile"], observer=reporter, cancellation=cancellation)
     except JobCancelled as err:
         return states.CANCELED, {"reason": "cancelled", "error": {"message": str(err), "kind": "canceled"}}
@@ -149,7 +158,7 @@ def _run_job(job: dict, reporter: Reporter, cancellation: Cancellation) -> tuple
 def error_kind(err: BigsegError) -> str:
     """``input``, ``output``, ``parameter``, ``block`` or ``job`` for a bigseg error."""
     for cls, kind in ((InputError, "input"), (OutputError, "output"), (ParameterError, "parameter"),
-                      (BlockError, "block")):
+                      (BlockError, "block"), (PathForbidden, "forbidden")):
         if isinstance(err, cls):
             return kind
     return "job"
