@@ -15,6 +15,7 @@ import traceback
 from bigseg.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from bigseg.cli_flags import add_job_arguments, job_spec
 from bigseg.cli_render import ConsoleObserver, not_an_event
+from bigseg.cli_serve import add_serve_command, run_serve
 from bigseg.errors import BigsegError, ParameterError
 
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--schema", action="store_true", help="print the JSON schema of a job file")
 
     sub.add_parser("profiles", help="the cluster profiles configured, and where each comes from")
+    add_serve_command(sub)
 
     tr = sub.add_parser("train-pixel-classifier", help="train an ilastik-style pixel classifier from scribbles")
     tr.add_argument("image", help="OME-Zarr image")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr(args.verbose)
     try:
         return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
-                "train-pixel-classifier": _train,
+                "train-pixel-classifier": _train, "serve": run_serve,
                 **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}[args.command](args)
     except BigsegError as err:
         if args.verbose:

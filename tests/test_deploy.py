@@ -1,14 +1,17 @@
 """The deploy/ recipes are valid: Kubernetes manifests against the Kubernetes and dask-kubernetes schemas
-(strictly: a misspelt field fails), the kustomization builds into consistent resources, and the dask config
-recipes carry the keys of the profile contract (PROFILES.md)."""
+(strictly: a misspelt field fails), the kustomization builds into consistent resources, the dask config
+recipes carry the keys of the profile contract (PROFILES.md), and the job service's systemd unit and
+configuration examples keep `bigseg serve` on loopback, its jobs alive across restarts, and its keys valid."""
 from __future__ import annotations
 
 import copy
 import functools
 import importlib.util
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
 PROFILES = ROOT / "deploy" / "profiles"
+SYSTEMD = ROOT / "deploy" / "systemd"
 OPERATOR_GROUP = "kubernetes.dask.org"
 NOT_MANIFESTS = {"kustomization.yaml"}
 #: kubectl 1.32 is what the project's machines carry; the newest schemas kubernetes-validate ships come too.
@@ -58,8 +62,8 @@ def test_every_core_manifest_passes_strict_kubernetes_validation():
     pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     core = [(name, d) for name, d in all_documents() if not is_operator_resource(d)]
     kinds = {d["kind"] for _, d in core}
-    assert kinds >= {"Namespace", "ServiceAccount", "Job", "Deployment", "Service", "Secret", "Role",
-                     "RoleBinding"}, kinds
+    assert kinds >= {"Namespace", "ServiceAccount", "Job", "Deployment", "Service", "PersistentVolumeClaim",
+                     "Secret", "Role", "RoleBinding"}, kinds
     for version in k8s_versions():
         for name, doc in core:
             validate_core(doc, version)      # raises with the path of the offending field
@@ -210,7 +214,8 @@ def test_kustomize_builds_the_expected_resources_in_one_namespace(built):
     assert sorted(by_kind_name(built)) == sorted([
         ("Namespace", "bigseg"), ("ServiceAccount", "bigseg"), ("ConfigMap", "bigseg-job"),
         ("ConfigMap", "bigseg-dask-config"), ("DaskCluster", "bigseg"), ("Job", "bigseg-segment"),
-        ("Deployment", "bigseg-serve"), ("Service", "bigseg-serve")])
+        ("Deployment", "bigseg-serve"), ("Service", "bigseg-serve"), ("ConfigMap", "bigseg-serve-config"),
+        ("PersistentVolumeClaim", "bigseg-serve-data")])
     for d in built:
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "bigseg", d["kind"]
@@ -278,24 +283,75 @@ def test_credentials_come_from_the_secrets_the_example_defines(built):
     s3 = {k: ("bigseg-s3", k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
     assert secret_refs(pod_spec(res[("Job", "bigseg-segment")])) == s3
     assert secret_refs(res[("DaskCluster", "bigseg")]["spec"]["worker"]["spec"]) == s3
-    assert secret_refs(pod_spec(res[("Deployment", "bigseg-serve")])) == {**s3, "BIGSEG_TOKEN": ("bigseg-token",
-                                                                                                   "token")}
+    assert secret_refs(pod_spec(res[("Deployment", "bigseg-serve")])) == s3   # its jobs' runners inherit them
     gpu = next(d for _, d in operator_documents() if d["kind"] == "DaskWorkerGroup")
-    for name, key in [*s3.values(), ("bigseg-token", "token"), *secret_refs(gpu["spec"]["worker"]["spec"]).values()]:
+    for name, key in [*s3.values(), *secret_refs(gpu["spec"]["worker"]["spec"]).values()]:
         assert key in secrets[name], (name, key)
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value after ``name`` in an argument list (each flag given once)."""
+    assert args.count(name) == 1, (name, args)
+    return args[args.index(name) + 1]
 
 
 def test_job_service_binds_all_interfaces_only_behind_a_cluster_ip(built):
     res = by_kind_name(built)
     deployment, service = res[("Deployment", "bigseg-serve")], res[("Service", "bigseg-serve")]
     (container,) = pod_spec(deployment)["containers"]
-    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
+    args = container["args"]
+    assert args[0] == "serve" and flag(args, "--host") == "0.0.0.0"
+    (http,) = container["ports"]
+    assert int(flag(args, "--port")) == http["containerPort"]
     assert service["spec"]["type"] == "ClusterIP"
+    assert not any(d["kind"] == "Ingress" or d.get("spec", {}).get("type") in ("NodePort", "LoadBalancer")
+                   for d in built), "the plain-HTTP server is reached only inside the cluster (or via a TLS Ingress)"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (port,) = service["spec"]["ports"]
-    assert port["port"] == 8000 and port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert port["targetPort"] == http["name"]
+
+
+def test_the_documented_ingress_terminates_tls_in_front_of_the_job_service(built):
+    """deploy/README.md's Ingress example (not applied by the kustomization) is valid and reaches the Service."""
+    pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "deploy" / "README.md").read_text(), re.S)
+    (ingress,) = [d for d in map(yaml.safe_load, blocks) if d.get("kind") == "Ingress"]
+    validate_core(ingress, KUBECTL_VERSION)
+    service = by_kind_name(built)[("Service", "bigseg-serve")]
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": service["metadata"]["name"],
+                                          "port": {"name": service["spec"]["ports"][0]["name"]}}
+    assert rule["host"] in ingress["spec"]["tls"][0]["hosts"]
+
+
+def test_job_service_is_one_pod_replaced_not_rolled_and_probed_on_health(built):
+    """Two servers on one database would both dispatch jobs: 1 replica, Recreate (the old pod ends first)."""
+    deployment = by_kind_name(built)[("Deployment", "bigseg-serve")]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = pod_spec(deployment)["containers"]
+    probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+    for kind, probe in probes.items():      # /health is the one route that answers without a token
+        assert probe["httpGet"] == {"path": "/api/v1/health", "port": container["ports"][0]["name"]}, kind
+
+
+def test_job_service_keeps_its_data_on_a_volume_and_reads_its_config_map(built):
+    res = by_kind_name(built)
+    deployment = res[("Deployment", "bigseg-serve")]
+    pod = pod_spec(deployment)
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    data = volumes[mounts[flag(container["args"], "--data-dir")]]
+    claim = res[("PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]   # the volume is writable
+    config_path = Path(flag(container["args"], "--config"))
+    config_map = res[("ConfigMap", volumes[mounts[str(config_path.parent)]]["configMap"]["name"])]
+    assert config_map["data"][config_path.name] == (K8S / "config" / "service.yaml").read_text()
+    assert volumes[mounts["/etc/dask"]]["configMap"]["name"] == "bigseg-dask-config"   # its jobs' profiles
 
 
 def worker_args(doc: dict) -> list[str]:
@@ -427,3 +483,160 @@ def test_cluster_specs_of_the_kubernetes_profile_validate_and_run_dask_on_the_bi
         if part == "worker":      # single-threaded, with all of the container's memory (not limit / cores)
             assert command[command.index("--nthreads") + 1] == "1", command
             assert "--memory-limit" in command, command
+
+
+# --- the job service outside Kubernetes: systemd unit and service.yaml ----------------------------------------
+
+UNIT = SYSTEMD / "bigseg.service"
+#: The keys `bigseg serve --config` reads (CONTRACT.md): the example configurations use no others.
+SERVICE_KEYS = {"host", "port", "data-dir", "database", "max-attempts", "cancel-grace", "heartbeat", "roots",
+                "models", "limits", "max-body-bytes", "profiles"}
+LIMIT_KEYS = {"max-queued", "max-running"}
+SERVICE_CONFIGS = {"systemd": SYSTEMD / "service.yaml", "kubernetes": K8S / "config" / "service.yaml"}
+
+
+def unit_file(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file as section -> key -> values in order (a key may repeat; `\\` continues a line)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current, pending = None, ""
+    for raw in path.read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"{path.name}: not a unit file line: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def one(unit: dict, section: str, key: str) -> str:
+    (value,) = unit[section][key]
+    return value
+
+
+def exec_start() -> list[str]:
+    return shlex.split(one(unit_file(UNIT), "Service", "ExecStart"))
+
+
+def service_config(which: str) -> dict:
+    return yaml.safe_load(SERVICE_CONFIGS[which].read_text())
+
+
+def test_systemd_unit_runs_bigseg_serve_on_loopback_as_its_own_user():
+    unit = unit_file(UNIT)
+    argv = exec_start()
+    assert Path(argv[0]).name == "bigseg" and Path(argv[0]).is_absolute() and argv[1] == "serve", argv
+    assert flag(argv, "--host") == "127.0.0.1"
+    assert one(unit, "Service", "User") == "bigseg" and one(unit, "Service", "Restart") == "on-failure"
+    assert one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+def test_systemd_restart_stops_only_the_server_so_running_jobs_survive():
+    """Runners run in their own sessions but in the unit's control group: the default KillMode (control-group)
+    would end them at every restart; `process` signals the server alone, and the next server adopts them."""
+    unit = unit_file(UNIT)
+    assert one(unit, "Service", "KillMode") == "process"
+    environment = dict(e.split("=", 1) for e in unit["Service"]["Environment"])
+    # a private /tmp is removed when the unit stops: jobs' temporary files must live where a restart leaves them
+    assert Path(environment["TMPDIR"]).is_relative_to(flag(exec_start(), "--data-dir"))
+
+
+def test_systemd_hardening_leaves_the_data_dir_and_every_rw_root_writable():
+    unit = unit_file(UNIT)
+    assert one(unit, "Service", "ProtectSystem") == "strict"
+    assert one(unit, "Service", "NoNewPrivileges") == "yes" and one(unit, "Service", "PrivateTmp") == "yes"
+    writable = [Path(p.lstrip("-")) for line in unit["Service"]["ReadWritePaths"] for p in line.split()]
+    config = service_config("systemd")
+    wanted = [flag(exec_start(), "--data-dir"), config["data-dir"]]
+    wanted += [root.rsplit(":", 1)[0] for root in config["roots"] if root.endswith(":rw")]
+    for path in wanted:
+        assert any(Path(path).is_relative_to(w) for w in writable), f"{path} is not in ReadWritePaths"
+    state = Path("/var/lib") / one(unit, "Service", "StateDirectory").split()[0]
+    assert state == Path(flag(exec_start(), "--data-dir")), "systemd creates the data dir, owned by the user"
+
+
+def test_systemd_analyze_verify_accepts_the_unit_and_rejects_a_misspelt_key(tmp_path):
+    """systemd's own parser: no unknown keys or bad values (ExecStart pointed at an existing program, as
+    verify checks that it exists)."""
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    program = shutil.which("bigseg") or sys.executable
+    text = UNIT.read_text().replace(f"ExecStart={exec_start()[0]} ", f"ExecStart={program} ")
+    assert text != UNIT.read_text()
+
+    def verify(unit_text: str) -> tuple[int, str]:
+        path = tmp_path / "bigseg.service"
+        path.write_text(unit_text)
+        r = subprocess.run([exe, "verify", str(path)], capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr
+    code, out = verify(text)
+    assert code == 0 and out.strip() == "", out
+    code, out = verify(text.replace("KillMode=process", "KilMode=process"))
+    assert "Unknown key 'KilMode'" in out, out
+
+
+def test_systemd_flags_agree_with_its_service_yaml():
+    config, argv = service_config("systemd"), exec_start()
+    assert flag(argv, "--config") == "/etc/bigseg/service.yaml"
+    assert config["host"] == flag(argv, "--host") and config["port"] == int(flag(argv, "--port"))
+    assert config["data-dir"] == flag(argv, "--data-dir")
+
+
+@pytest.mark.parametrize("which", sorted(SERVICE_CONFIGS))
+def test_service_yaml_examples_use_only_the_service_keys(which):
+    config = service_config(which)
+    assert config.keys() <= SERVICE_KEYS, config.keys() - SERVICE_KEYS
+    if which == "systemd":      # the full example shows every key
+        assert config.keys() == SERVICE_KEYS, SERVICE_KEYS - config.keys()
+    assert config["limits"].keys() == LIMIT_KEYS and all(isinstance(v, int) and v > 0
+                                                         for v in config["limits"].values())
+    for key in ("max-attempts", "cancel-grace", "heartbeat", "max-body-bytes"):
+        assert isinstance(config[key], int) and config[key] > 0, key
+    assert config["roots"] and all(re.fullmatch(r"(/|s3://)\S+:(rw|ro)", r) for r in config["roots"])
+    assert isinstance(config["models"], list) and all(m.startswith("/") for m in config["models"])
+    words = flatten(config)
+    assert not [w for w in words if re.search(r"(?i)aws|secret|token|storage_options", w)]
+
+
+def test_service_yaml_profiles_validate_with_the_profile_models():
+    profiles = pytest.importorskip("bigseg.cluster.profiles", reason="the profile models are not in this tree yet")
+    config = service_config("systemd")["profiles"]
+    assert {name: profiles.parse(data, name).kind for name, data in config.items()} == {
+        name: data["kind"] for name, data in config.items()}
+
+
+def test_service_yaml_roots_parse_with_the_service_path_rules():
+    paths = pytest.importorskip("bigseg.service.paths", reason="bigseg.service.paths is not in this tree yet")
+    for which in sorted(SERVICE_CONFIGS):
+        for text in service_config(which)["roots"]:
+            root = paths.parse_root(text)
+            assert root.mode == text.rsplit(":", 1)[1], text
+
+
+def test_service_yaml_examples_load_with_the_service_config_loader():
+    config = pytest.importorskip("bigseg.service.config", reason="bigseg.service.config is not in this tree yet")
+    for which, path in sorted(SERVICE_CONFIGS.items()):
+        data = yaml.safe_load(path.read_text())
+        loaded = config.load(path)
+        assert loaded.max_attempts == data["max-attempts"], which
+
+
+def test_the_flags_the_recipes_pass_are_flags_of_bigseg_serve(built):
+    deployment = by_kind_name(built)[("Deployment", "bigseg-serve")]
+    (container,) = pod_spec(deployment)["containers"]
+    r = subprocess.run([sys.executable, "-c", "import sys; from bigseg.cli import main; sys.exit(main())",
+                        "serve", "--help"], capture_output=True, text=True, timeout=120)
+    if r.returncode and "invalid choice" in r.stderr:
+        pytest.skip("`bigseg serve` is not in this tree yet")
+    assert r.returncode == 0, r.stderr
+    for args in (exec_start()[2:], container["args"][1:]):
+        flags = [a for a in args if a.startswith("--")]
+        assert flags and all(re.search(rf"(?m)^\s+(-\w, )?{f}\b", r.stdout) for f in flags), (flags, r.stdout)
