@@ -250,7 +250,7 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
     @app.get(f"{API}/jobs/{{job_id}}/qc.png", tags=["results"], response_class=Response)
     def qc_png(job_id: str, user: Caller):
         """The QC overlay of a finished job."""
-        return Response(job_views.result_bytes(visible_job(job_id, user), "qc"), media_type="image/png")
+        return Response(job_views.qc_png(visible_job(job_id, user)), media_type="image/png")
 
     @app.get(f"{API}/jobs/{{job_id}}/table", tags=["results"])
     def table(job_id: str, user: Caller, limit: Annotated[int, Query(ge=1, le=10000)] = 100,
@@ -262,7 +262,7 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
     def table_parquet(job_id: str, user: Caller):
         """The measurements table (Parquet)."""
         job = visible_job(job_id, user)
-        return Response(job_views.result_bytes(job, "table"), media_type="application/vnd.apache.parquet",
+        return Response(job_views.table_parquet(job), media_type="application/vnd.apache.parquet",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}-measurements.parquet"'})
 
     # --- the web page ---------------------------------------------------------------------------------

@@ -108,23 +108,41 @@ def read_log(folder: str, offset: int, limit: int) -> dict:
     return {"text": data.decode("utf-8", errors="replace"), "offset": offset, "next_offset": offset + len(data)}
 
 
-def result_bytes(job: dict, what: str) -> bytes:
-    """The bytes of a finished job's ``qc`` picture or ``table``."""
+def qc_png(job: dict) -> bytes:
+    """A finished job's QC picture."""
     from bigseg.io import store
-    url = (job["result"] or {}).get(what)
+    url = (job["result"] or {}).get("qc")
     if job["status"] != states.SUCCEEDED or not url:
-        raise NotFound(f"job {job['id']} is {job['status']}: its {what} exists once it has succeeded")
+        raise NotFound(f"job {job['id']} is {job['status']}: its QC picture exists once it has succeeded")
     try:
         return store.load_bytes(url)
+    except OSError:
+        raise NotFound(f"the QC picture of job {job['id']} ({url}) is gone (moved or deleted)") from None
+
+
+def table(job: dict):
+    """A finished job's measurements table (a DataFrame)."""
+    url = (job["result"] or {}).get("table")
+    if job["status"] != states.SUCCEEDED or not url:
+        raise NotFound(f"job {job['id']} is {job['status']}: its table exists once it has succeeded")
+    try:
+        return _table(url, job["finished"])
     except (OSError, FileNotFoundError):
-        raise NotFound(f"the {what} of job {job['id']} ({url}) is gone (moved or deleted)") from None
+        raise NotFound(f"the table of job {job['id']} ({url}) is gone (moved or deleted)") from None
+
+
+def table_parquet(job: dict) -> bytes:
+    """The table as one Parquet file (it is stored as a folder of parts)."""
+    import io
+    buffer = io.BytesIO()
+    table(job).to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def table_rows(job: dict, limit: int, offset: int, sort: str | None, desc: bool) -> dict:
     """A page of the measurements table, sorted by ``sort`` when given."""
     from bigseg.errors import ParameterError
-    result_bytes(job, "table")  # raises unless the job succeeded and the table is there
-    df = _table(job["result"]["table"], job["finished"])
+    df = table(job)
     if sort:
         if sort not in df.columns:
             raise ParameterError(f"sort: no column '{sort}'; columns are {', '.join(map(str, df.columns))}")
