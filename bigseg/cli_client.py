@@ -146,8 +146,8 @@ def job_lines(d: dict) -> list[str]:
     title = f"  {d['title']}" if d.get("title") else ""
     tags = f"  [{', '.join(d['tags'])}]" if d.get("tags") else ""
     lines = [f"job      {d['id']}{title}{tags}",
-             f"status   {d['status']} (attempt {d.get('attempt', 1)}/{d.get('max_attempts', 1)}), profile "
-             f"{d.get('profile')}, owner {d.get('owner')}, priority {d.get('priority', 0)}",
+             (f"status   {d['status']} (attempt {d.get('attempt', 1)}/{d.get('max_attempts', 1)}), profile "
+              f"{d.get('profile')}, owner {d.get('owner')}, priority {d.get('priority', 0)}"),
              "times    " + ", ".join(f"{k} {_time(d.get(k))}" for k in ("created", "started", "finished") if d.get(k))]
     spec = d.get("spec") or {}
     method = dict(spec.get("method") or {})

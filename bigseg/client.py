@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 from bigseg.engine import events as ev
 from bigseg.errors import BigsegError, InputError, JobCancelled, ParameterError
