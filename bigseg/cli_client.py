@@ -82,7 +82,7 @@ def _submit(args) -> int:
         print(f"bigseg: job {job.id} {job.status}; follow it with: bigseg job {job.id} or bigseg logs {job.id} -f",
               file=sys.stderr)
         return 0
-    print(f"bigseg: job {job.id} {job.status} on {job.client.url}", file=sys.stderr)
+    print(f"bigseg: job {job.id} submitted to {job.client.url}", file=sys.stderr)
     try:
         result = job.wait(progress=_Progress(ConsoleObserver(out=sys.stderr)))
     except KeyboardInterrupt:

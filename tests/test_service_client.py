@@ -63,6 +63,7 @@ def cli_env() -> dict:
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m bigseg ARGS``. Tokens are passed as ``--token=T``: a token may begin with '-'."""
     return subprocess.run([sys.executable, "-m", "bigseg", *args], capture_output=True, text=True, timeout=timeout,
                           env=cli_env(), check=False)
 
@@ -167,7 +168,7 @@ def test_cli_submit_wait_json_then_jobs_job_logs(service, image, reference):
     _, labels, _ = reference
     tok, url = service.token, service.url
     run = cli_on_terminal("submit", image, "--method", "watershed", "--diameter", str(DIAMETER), "--name", "nuclei",
-                          "--title", "from the shell", "--tag", "cli", "--server", url, "--token", tok, "--wait",
+                          "--title", "from the shell", "--tag", "cli", "--server", url, f"--token={tok}", "--wait",
                           "--json")
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -180,24 +181,24 @@ def test_cli_submit_wait_json_then_jobs_job_logs(service, image, reference):
     assert bar and int(bar[1]) == int(bar[2]) == summary["blocks"], run.stderr
     assert f"{summary['objects']} objects" in run.stdout  # the summary for people, then its JSON
 
-    listed = cli("jobs", "--json", "--server", url, "--token", tok)
+    listed = cli("jobs", "--json", "--server", url, f"--token={tok}")
     assert listed.returncode == 0, listed.stderr
     assert [(j["id"], j["status"], j["title"]) for j in json.loads(listed.stdout)] == \
         [(job_id, "succeeded", "from the shell")]
-    table = cli("jobs", "--status", "succeeded", "--server", url, "--token", tok)
+    table = cli("jobs", "--status", "succeeded", "--server", url, f"--token={tok}")
     header, row = table.stdout.splitlines()
     assert header.split()[:4] == ["ID", "STATUS", "STAGE", "%"]
     assert row.split()[:2] == [job_id, "succeeded"] and " 100 " in row and "from the shell" in row
 
-    shown = cli("job", job_id, "--json", "--server", url, "--token", tok)
+    shown = cli("job", job_id, "--json", "--server", url, f"--token={tok}")
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout)
     assert data["status"] == "succeeded" and data["result"]["objects"] == summary["objects"]
     assert data["spec"]["method"]["diameter"] == DIAMETER and data["spec"]["input"]["url"] == image
-    people = cli("job", job_id, "--server", url, "--token", tok)
+    people = cli("job", job_id, "--server", url, f"--token={tok}")
     assert f"job      {job_id}" in people.stdout and f"{summary['objects']} objects" in people.stdout
 
-    logs = cli("logs", job_id, "--server", url, "--token", tok)
+    logs = cli("logs", job_id, "--server", url, f"--token={tok}")
     with open(os.path.join(service.data_dir, "jobs", job_id, "job.log")) as f:
         assert logs.returncode == 0 and logs.stdout == f.read() != ""
 
@@ -211,20 +212,20 @@ def test_cli_cancels_a_queued_and_a_running_job_and_retries_one(start_server, tm
     big, _ = nuclei((64, 512, 512), seed=6)  # 32 blocks: it runs long enough to be canceled
     big_image = write_ome_zarr(tmp_path / "data" / "big.zarr", big, "zyx", (16, 64, 64))
     waiting = subprocess.Popen([sys.executable, "-m", "bigseg", "submit", big_image, "--diameter", str(DIAMETER),
-                                "--block", "32,128,128", "--server", url, "--token", tok, "--wait", "--json"],
+                                "--block", "32,128,128", "--server", url, f"--token={tok}", "--wait", "--json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         running = wait_for(lambda: waiting.poll() is None and [j.id for j in client.jobs()], "the big job",
                            lambda: waiting.communicate()[1])[0]
-        queued = cli("submit", image, "--diameter", str(DIAMETER), "--server", url, "--token", tok)
+        queued = cli("submit", image, "--diameter", str(DIAMETER), "--server", url, f"--token={tok}")
         assert queued.returncode == 0, queued.stderr
         queued = queued.stdout.strip()
         service.wait(running, "running", check=lambda j: j["progress"]["stage"] == "segment")
         assert client.job(queued).status == "queued"  # one runner: the second job waits
 
-        stopping = cli("cancel", running, "--server", url, "--token", tok)
+        stopping = cli("cancel", running, "--server", url, f"--token={tok}")
         assert stopping.returncode == 0 and stopping.stdout.split()[2] in ("canceling", "canceled")
-        gone = cli("cancel", queued, "--server", url, "--token", tok)
+        gone = cli("cancel", queued, "--server", url, f"--token={tok}")
         assert gone.returncode == 0 and gone.stdout.strip() == f"job {queued} canceled (attempt 1)"
         out, err = waiting.communicate(timeout=90)
     finally:
@@ -236,38 +237,38 @@ def test_cli_cancels_a_queued_and_a_running_job_and_retries_one(start_server, tm
     with pytest.raises(JobCancelled):
         client.job(running).wait(timeout=5)
 
-    again = cli("retry", queued, "--server", url, "--token", tok)
+    again = cli("retry", queued, "--server", url, f"--token={tok}")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() in (f"job {queued} queued (attempt 2)", f"job {queued} starting (attempt 2)")
     result = client.wait(queued, timeout=180)
     np.testing.assert_array_equal(read_labels(result.labels), reference[1])
 
-    refused = cli("retry", queued, "--server", url, "--token", tok)
+    refused = cli("retry", queued, "--server", url, f"--token={tok}")
     assert "only a failed, canceled or interrupted job can be retried" in one_error_line(refused)
 
 
 def test_cli_errors_are_one_line(service, image):
     url, tok = service.url, service.token
-    wrong = one_error_line(cli("jobs", "--server", url, "--token", "wrong-token"))
+    wrong = one_error_line(cli("jobs", "--server", url, "--token=wrong-token"))
     assert "token is not valid" in wrong and "--token" in wrong and "wrong-token" not in wrong
 
     (port,) = free_ports(1)
-    nobody = one_error_line(cli("jobs", "--server", f"http://127.0.0.1:{port}", "--token", tok))
+    nobody = one_error_line(cli("jobs", "--server", f"http://127.0.0.1:{port}", f"--token={tok}"))
     assert nobody.startswith(f"bigseg: error: cannot reach the bigseg service at http://127.0.0.1:{port}: is "
                              "`bigseg serve` running?")
 
     # refused by the service (the image has no physical units), with the field named
-    unitless = one_error_line(cli("submit", image, "--diameter", "8um", "--server", url, "--token", tok))
+    unitless = one_error_line(cli("submit", image, "--diameter", "8um", "--server", url, f"--token={tok}"))
     assert unitless.startswith("bigseg: error: method.diameter: a length in physical units")
     with pytest.raises(ServiceError) as err:
         Client(url, tok).validate(image, "watershed", diameter="8um")
     assert err.value.status == 422 and err.value.field == "method.diameter"
-    outside = one_error_line(cli("submit", "/etc", "--server", url, "--token", tok))
+    outside = one_error_line(cli("submit", "/etc", "--server", url, f"--token={tok}"))
     assert "input.url" in outside
     # refused here before any request (the same check as bigseg segment)
-    negative = one_error_line(cli("submit", image, "--diameter", "-3", "--server", url, "--token", tok))
+    negative = one_error_line(cli("submit", image, "--diameter", "-3", "--server", url, f"--token={tok}"))
     assert negative.startswith("bigseg: error: method.diameter:")
-    missing = one_error_line(cli("job", "j-nope", "--server", url, "--token", tok))
+    missing = one_error_line(cli("job", "j-nope", "--server", url, f"--token={tok}"))
     assert "j-nope" in missing
     assert Client(url, tok).jobs() == []  # nothing was queued by any of these
 
