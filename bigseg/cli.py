@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 
+from bigseg.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from bigseg.cli_flags import add_job_arguments, job_spec
 from bigseg.cli_render import ConsoleObserver, not_an_event
 from bigseg.cli_serve import add_serve_command, run_serve
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--foreground", type=int, default=2, help="the class that becomes objects (default 2)")
     tr.add_argument("--channel", type=int, default=None)
     tr.add_argument("--sigma-max", type=float, default=8.0, help="largest feature scale in pixels")
+    add_client_commands(sub)
     for sp in sub.choices.values():
         sp.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     return p
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr(args.verbose)
     try:
         return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
-                "train-pixel-classifier": _train, "serve": run_serve}[args.command](args)
+                "train-pixel-classifier": _train, "serve": run_serve,
+                **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}[args.command](args)
     except BigsegError as err:
         if args.verbose:
             traceback.print_exc()
