@@ -164,8 +164,10 @@ def test_submit_watch_result_and_cancel(page, served, artifacts):
     assert (job["title"], job["tags"]) == ("browser job", ["browser", "demo"])
     qc = page.get_by_role("img", name="QC overlay")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=qc.element_handle())
+    page.get_by_test_id("objects").filter(has_text=str(len(table))).wait_for()
     assert page.get_by_test_id("objects").inner_text() == str(len(table)) == str(job["result"]["objects"])
     preview = page.get_by_role("table", name="Table preview")
+    preview.locator(f"tbody tr:nth-child({min(50, len(table))})").wait_for()  # the rows arrive after the status
     assert preview.locator("tbody tr").count() == min(50, len(table))
     columns = preview.locator("thead th").all_inner_texts()
     assert columns == list(table.columns)

@@ -266,7 +266,8 @@ def test_spec_fields_are_named(tree):
 
 def test_tokens_hash_match_and_differ():
     token = auth.new_token()
-    assert len(token) == 43 and token != auth.new_token()
+    assert token.startswith("bigseg_") and len(token) == len("bigseg_") + 43 and token != auth.new_token()
+    assert not any(auth.new_token().startswith("-") for _ in range(200))  # never read as a command-line flag
     digest = auth.hash_token(token)
     assert len(digest) == 64 and token not in digest
     assert auth.token_matches(token, digest)

@@ -8,9 +8,14 @@ import os
 import secrets
 
 
+#: Prefix of every token: it never starts with '-' (a command line would read it as a flag), and secret
+#: scanners can recognise a leaked one.
+TOKEN_PREFIX = "bigseg_"
+
+
 def new_token() -> str:
-    """32 random bytes, url-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """``bigseg_`` and 32 random bytes, url-safe base64 (50 characters)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
