@@ -172,3 +172,13 @@ def test_startup_errors_are_one_line(start_server, database, tmp_path):
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert proc.stderr.startswith("bigseg: error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert words in proc.stderr and "secret" not in proc.stderr
+
+
+def test_a_runner_dying_on_its_last_attempt_fails_the_job(start_server, database, reference):
+    server = start_server(database, max_attempts=1)
+    job = server.submit(body(place(reference, server)))
+    server.wait(job["id"], "running", check=segmenting)
+    os.kill(server.runner_pid(job["id"]), signal.SIGKILL)
+    failed = server.wait(job["id"], "failed", timeout=60)
+    assert failed["error"]["kind"] == "system" and "died 1 time(s)" in failed["error"]["message"]
+    assert states_of(server, job["id"])[-3:] == ["running", "interrupted", "failed"]

@@ -95,7 +95,7 @@ class Dispatcher:
                                       heartbeat=None)
             else:
                 self.store.transition(job["id"], states.FAILED, "out of attempts", error={
-                    "message": f"the job's runner died {job['attempt']} times (out of memory?); retry it with "
+                    "message": f"the job's runner died {job['attempt']} time(s) (out of memory?); retry it with "
                                "smaller blocks or on workers with more memory", "kind": "system"})
 
     # --- queued jobs --------------------------------------------------------------------------------
