@@ -58,7 +58,7 @@ class ServiceConfig(BaseModel):
     runners: int = Field(2, ge=1, description="jobs this server runs at once (each has its own cluster)")
     max_attempts: int = Field(3, ge=1, description="attempts of a job whose runner died, before it fails")
     cancel_grace: Seconds = Field(60.0, description="after a cancel, how long a runner may take before SIGKILL")
-    heartbeat: Seconds = Field(2.0, description="how often a runner reports it is alive")
+    heartbeat: Seconds = Field(2.0, description="a runner silent for 5 times this (15 s at least) is taken for dead")
     roots: list[str] = Field(default_factory=list, description="the admin's folders, PATH[:rw|ro]")
     models: list[str] = Field(default_factory=list, description="folders that model files may be loaded from")
     limits: Limits = Field(default_factory=Limits)

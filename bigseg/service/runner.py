@@ -36,9 +36,9 @@ FLUSH_S = 0.5
 
 
 class Reporter(ev.Observer):
-    """Writes the job's events and progress to the store from a thread: a heartbeat every ``heartbeat`` s,
-    progress and the pending events every :data:`FLUSH_S` (StageAdvanced coalesced per stage), and cancels
-    ``cancellation`` when the job turns ``canceling``."""
+    """Writes the job's events, progress and heartbeat to the store from a thread every :data:`FLUSH_S`
+    (StageAdvanced coalesced per stage), and cancels ``cancellation`` when the job turns ``canceling``;
+    complains in the log when the store has been unreachable for 10 ``heartbeat`` periods."""
 
     def __init__(self, store: Store, job_id: str, cancellation: Cancellation, heartbeat: float):
         self.store, self.job_id, self.cancellation, self.heartbeat = store, job_id, cancellation, heartbeat
