@@ -22,8 +22,9 @@ SSE           one process writes events for a job with ``Store.add_events`` (pac
               it can) while a client reads ``GET /jobs/{id}/events`` with ``Accept: text/event-stream`` (httpx,
               streaming): events/s written and delivered, and the lag from each event's ``ts`` (its write) to its
               arrival at the client; then (backlog) --sse-backlog events written first and streamed from the start:
-              how fast the server delivers when it never waits for the writer. The jobs of the store and SSE runs belong to a user whose ``max_running`` is 0,
-              so the dispatcher never starts them; each ends canceled (the stream then ends).
+              how fast the server delivers when it never waits for the writer. The jobs of the store and SSE
+              runs belong to a user whose ``max_running`` is 0, so the dispatcher never starts them; each ends
+              canceled (the stream then ends).
 
 Prints tables of medians (--repeat runs for server and job; one run each for store and SSE); --json writes all
 numbers. The machine is shared: run it when nothing else is, and compare numbers of one run only.
@@ -258,7 +259,8 @@ def measure_store(database: str, image: str, writers: list[int], batches: list[i
                "calls_per_s": calls / window, "p50_ms": 1e3 * _quantile(lat, 0.5),
                "p99_ms": 1e3 * _quantile(lat, 0.99), "max_ms": 1e3 * lat[-1], "late_start_s": late}
         rows.append(row)
-        print(f"# store, {k} writer(s), {batch} event(s) a call: {row['events_per_s']:.0f} events/s, add_events p50 {row['p50_ms']:.1f} ms, "
+        print(f"# store, {k} writer(s), {batch} event(s) a call: {row['events_per_s']:.0f} events/s, add_events "
+              f"p50 {row['p50_ms']:.1f} ms, "
               f"p99 {row['p99_ms']:.1f} ms", flush=True)
     return rows
 
@@ -307,7 +309,7 @@ def measure_sse(server: Serve, image: str, rates: list[float], batch: int, secon
         reader.join(30)
         ours = [(t, e) for t, e in received if e["kind"] == "StageAdvanced"]
         seqs = [e["seq"] for _, e in ours]
-        lags = sorted(t - e["ts"] for t, e in ours)
+        lags = sorted(t - e["ts"] for t, e in ours) if rate is not None else []  # a backlog has no lag to speak of
         window = ours[-1][0] - ours[0][0] if len(ours) > 1 else float("nan")
         row = {"mode": "backlog" if rate is None else _rate(rate), "rate": rate, "batch": batch,
                "written": written["events"], "written_per_s": written["events"] / (written["last"] - written["first"]),
@@ -318,7 +320,7 @@ def measure_sse(server: Serve, image: str, rates: list[float], batch: int, secon
                "complete": len(ours) == written["events"], "ended": not reader.is_alive()}
         rows.append(row)
         print(f"# SSE {row['mode']}: written {row['written_per_s']:.0f}/s, delivered {row['delivered_per_s']:.0f}/s, "
-              f"lag p50 {row['lag_p50_ms']:.0f} ms, p99 {row['lag_p99_ms']:.0f} ms, "
+              f"lag p50 {_ms(row['lag_p50_ms'])} ms, p99 {_ms(row['lag_p99_ms'])} ms, "
               f"{row['delivered']}/{row['written']} events{'' if row['ended'] else ', STREAM DID NOT END'}",
               flush=True)
     return rows
@@ -401,7 +403,8 @@ def main():
     direct_job(image, "warmup", args.workers)  # imports, compiled code and page cache, untimed
     print(f"# data: {shape} uint16 in {image}; warm-up bigseg.segment {time.perf_counter() - t0:.1f}s", flush=True)
 
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform()},
                "args": {k: v for k, v in vars(args).items() if k != "database"}, "backends": {}}
     postgres = None
     try:
@@ -428,6 +431,10 @@ def main():
             json.dump(results, f, indent=1)
 
 
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.0f}"
+
+
 def _always(url: str):
     """Every server start uses ``url`` (an existing database)."""
     return lambda _data_dir: url
@@ -443,16 +450,14 @@ def report(results: dict, shape, args) -> None:
     print(f"\nbigseg serve on {results['machine']['cpus']} CPUs, Python {results['machine']['python']}; medians of "
           f"{args.repeat} runs; jobs: watershed on {shape} uint16, local cluster of {args.workers} workers\n")
     print("| database | server start s (new data) | restart s | submit -> starting s | submit -> running s | "
-          "submit -> JobStarted s | submit -> succeeded s | bigseg.segment s | service / direct | "
-          "job s (service, direct) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "submit -> JobStarted s | submit -> succeeded s | bigseg.segment s | service / direct |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, b in results["backends"].items():
         s, d = b["jobs"]["service"], b["jobs"]["direct"]
         svc, direct = med(x["succeeded"] for x in s), med(x["wall"] for x in d)
         print(f"| {name} | {med(b['start']['first']):.2f} | {med(b['start']['restart']):.2f} | "
               f"{med(x['starting'] for x in s):.2f} | {med(x['running'] for x in s):.2f} | "
-              f"{med(x['job_started'] for x in s):.2f} | {svc:.2f} | {direct:.2f} | {svc / direct:.2f} | "
-              f"{med(x['job_seconds'] for x in s):.2f}, {med(x['job_seconds'] for x in d):.2f} |")
+              f"{med(x['job_started'] for x in s):.2f} | {svc:.2f} | {direct:.2f} | {svc / direct:.2f} |")
     print("\n| database | writer processes | events per call | events/s absorbed | transactions/s | "
           "add_events p50 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -465,14 +470,14 @@ def report(results: dict, shape, args) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, b in results["backends"].items():
         for r in b["sse"]:
-            print(f"| {name} | {r['mode']} | {r['written_per_s']:.0f} | "
-                  f"{r['delivered_per_s']:.0f} | {r['lag_p50_ms']:.0f} | {r['lag_p99_ms']:.0f} | "
-                  f"{r['lag_max_ms']:.0f} | {'yes' if r['complete'] and r['in_order'] else 'NO'} "
+            lag = " | ".join(_ms(r[k]) for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms"))
+            print(f"| {name} | {r['mode']} | {r['written_per_s']:.0f} | {r['delivered_per_s']:.0f} | {lag} | "
+                  f"{'yes' if r['complete'] and r['in_order'] else 'NO'} "
                   f"({r['delivered']}/{r['written']}) |")
     print("\nserver start: Popen to the first 200 of /health. submit -> X: POST /jobs to the job's status X (polled "
           "every 20 ms) or to its JobStarted event's write. service / direct: submit -> succeeded over "
-          "bigseg.segment's wall time. job s: result.seconds['total'] (the job's own time, cluster start "
-          "excluded). Store: K processes calling Store.add_events (one transaction each, with the job's progress "
+          "bigseg.segment's wall time (the JSON has each job's result.seconds too). Store: K processes calling "
+          "Store.add_events (one transaction each, with the job's progress "
           "and heartbeat). SSE: one writer process (one event a transaction) while one client streams, or (backlog) "
           "all events written before the client connects; lag: arrival at the client minus the event's ts (taken "
           "when its transaction began).")
