@@ -118,9 +118,13 @@ def measure_starts(make_database, root: str, folder: str, repeat: int, workers: 
     for r in range(repeat):
         data_dir = os.path.join(folder, f"data-{r}")
         server = Serve(data_dir, make_database(data_dir), root, workers)
-        first.append(server.start())
-        server.stop()
-        again.append(server.start())
+        try:
+            first.append(server.start())
+            server.stop()
+            again.append(server.start())
+        except BaseException:
+            server.stop()
+            raise
         if r < repeat - 1:
             server.stop()
         print(f"# start {r}: first {first[-1]:.2f}s, restart {again[-1]:.2f}s", flush=True)
