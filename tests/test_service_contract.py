@@ -5,12 +5,12 @@ the root: 403; inside it, no image there: 422) and nothing is ever queued. Its d
 beforehand: a real ``bigseg.segment`` run (its result, table, QC picture and engine events, written to the store
 as a runner writes them), so that the job-reading operations (``GET /jobs/{job_id}...``) are fuzzed on a real job
 (queries, sort columns, offsets) while the others get made-up ids. Every operation is called with the admin's
-token (the schema's ``authorization`` header parameter is pinned to it), generated positive and negative data,
+token (sent as the bearer token of the schema's security scheme), generated positive and negative data,
 in the examples, coverage and fuzzing phases.
 
 Proven: no answer is a 5xx, and what the schema forbids is refused with a 4xx (``negative_data_rejection``).
-The answers' conformance to the schema (bodies, status codes, content types) is checked too and reported by
-``test_responses_conform_to_the_schema`` (an expected failure until the schema documents the service's errors).
+The answers conform to the schema (bodies, status codes, content types, the documented error body included):
+``test_responses_conform_to_the_schema`` lists any that do not.
 """
 from __future__ import annotations
 
@@ -117,8 +117,7 @@ def api_schema(contract_server):
         "base-url": contract_server.url,
         "request-timeout": 30,
         "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "no-shrink": True, "database": "none"},
-        # the token travels as the schema's own header parameter (FastAPI's ``authorization: Header()``)
-        "parameters": {"header.authorization": f"Bearer {contract_server.token}"},
+        "headers": {"Authorization": f"Bearer {contract_server.token}"},
         "operations": [{"include-method": "GET", "include-path-regex": r"^/api/v1/jobs/\{job_id\}",
                         "parameters": {"path.job_id": contract_server.finished_job}}],
     })
@@ -156,10 +155,6 @@ def test_the_fuzzing_reached_every_operation():
     assert {403, 422} <= set(CALLS["POST /api/v1/jobs"])  # refused: outside the root, or no image inside it
 
 
-@pytest.mark.xfail(strict=True, reason="the OpenAPI schema documents FastAPI's default 422 body (a list of "
-                                       "errors) while the service answers {detail: str, field}, and documents none "
-                                       "of 400, 401, 403, 404, 409, 413, 429; drop this mark once app.py documents "
-                                       "its error body for them (FastAPI(responses=...))")
 def test_responses_conform_to_the_schema():
     if not CALLS:
         pytest.skip("test_no_server_errors did not run in this session")

@@ -13,7 +13,7 @@ import time
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -23,6 +23,7 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -43,6 +44,8 @@ from bigseg.spec import JobSpec
 API = "/api/v1"
 COOKIE = "bigseg_session"
 STATIC = files("bigseg.service") / "static"
+#: Largest event number, row or byte offset a query may give (a signed 64-bit integer in both databases).
+MAX_INT = 2**63 - 1
 _FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*): ")
 
 
@@ -73,6 +76,23 @@ class User(BaseModel):
         return config.access_for({"admin": self.admin, "roots": self.roots})
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: one line, and the spec field or parameter it is about."""
+
+    detail: str
+    field: str | None = None
+
+
+#: The error answers, documented on every operation (FastAPI's default 422 body is replaced).
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (400, "The body is not valid JSON"), (401, "No token, or a token that is not valid"),
+    (403, "A path outside the caller's folders, or a model file outside the model folders"),
+    (404, "No such job (or another user's), method or result"),
+    (409, "Another active job writes the same output, or the job cannot be retried"),
+    (413, "The body is too large"), (422, "A bad job spec or parameter (one line, and its field path)"),
+    (429, "Too many queued jobs"))}
+
+
 class ApiError(HTTPException):
     """An error answered as ``{"detail": one line, "field": path or null}``."""
 
@@ -81,13 +101,15 @@ class ApiError(HTTPException):
         self.field = field
 
 
-def current_user(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
+bearer = HTTPBearer(auto_error=False, description="a token from bigseg serve (admin) or bigseg serve user add")
+session = APIKeyCookie(name=COOKIE, auto_error=False, description="the web page's session (POST /login)")
+
+
+def current_user(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 cookie: Annotated[str | None, Depends(session)]) -> User:
     """The caller, from ``Authorization: Bearer TOKEN`` or the page's session cookie; 401 otherwise."""
     store, config = request.app.state.store, request.app.state.config
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    token = token or request.cookies.get(COOKIE)
+    token = credentials.credentials if credentials else cookie
     if not token:
         raise ApiError(401, "a token is required: send 'Authorization: Bearer TOKEN' (bigseg serve printed where "
                             "the admin token is; bigseg serve user add gives users theirs)")
@@ -102,7 +124,8 @@ Caller = Annotated[User, Depends(current_user)]
 
 def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | None = None) -> FastAPI:
     app = FastAPI(title="bigseg", version=bigseg.__version__, openapi_url=f"{API}/openapi.json", docs_url=None,
-                  redoc_url=None, description="Block-wise segmentation jobs on Dask, as a service.")
+                  redoc_url=None, description="Block-wise segmentation jobs on Dask, as a service.",
+                  responses=ERRORS)
     wake = dispatcher.wake if dispatcher else (lambda: None)
     app.state.store, app.state.config = store, config
     _install_handlers(app, config)
@@ -196,7 +219,8 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
 
     @app.get(f"{API}/jobs", tags=["jobs"])
     def list_jobs(user: Caller, status: str | None = None, tag: str | None = None,
-                  limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                  offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> dict:
         """The caller's jobs (an admin's: everyone's), newest first."""
         wanted = [s for s in (status or "").split(",") if s]
         unknown = sorted(set(wanted) - set(states.STATES))
@@ -237,17 +261,22 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         return job_views.job_json(store.job(job_id), user.name)
 
     @app.get(f"{API}/jobs/{{job_id}}/events", tags=["jobs"])
-    async def events(job_id: str, user: Caller, request: Request, after: Annotated[int, Query(ge=0)] = 0):
+    async def events(job_id: str, user: Caller, request: Request,
+                     after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0):
         """The job's events after ``after``; live (server-sent events) with ``Accept: text/event-stream``."""
         await run_in_threadpool(visible_job, job_id, user)
         if "text/event-stream" not in request.headers.get("accept", ""):
             return {"events": await run_in_threadpool(store.events, job_id, after)}
-        start = int(request.headers.get("last-event-id") or after)
+        last = request.headers.get("last-event-id")
+        if last is not None and not (last.isdigit() and int(last) <= MAX_INT):
+            raise ApiError(400, f"Last-Event-ID: {last[:40]!r} is not an event number (a seq the stream sent)",
+                           "Last-Event-ID")
+        start = int(last) if last else after
         return StreamingResponse(_event_stream(store, job_id, start, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(f"{API}/jobs/{{job_id}}/log", tags=["jobs"])
-    def job_log(job_id: str, user: Caller, offset: Annotated[int, Query(ge=0)] = 0,
+    def job_log(job_id: str, user: Caller, offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
                 limit: Annotated[int, Query(ge=1, le=1 << 20)] = 65536) -> dict:
         """A chunk of the job's log file from ``offset``."""
         visible_job(job_id, user)
@@ -260,7 +289,8 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
 
     @app.get(f"{API}/jobs/{{job_id}}/table", tags=["results"])
     def table(job_id: str, user: Caller, limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0, sort: str | None = None, desc: bool = False) -> dict:
+              offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0, sort: str | None = None,
+              desc: bool = False) -> dict:
         """Rows of the measurements table, optionally sorted by a column."""
         return job_views.table_rows(visible_job(job_id, user), limit, offset, sort, desc)
 

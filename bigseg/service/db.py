@@ -64,7 +64,7 @@ sa.Index("jobs_queue", jobs.c.status, jobs.c.priority, jobs.c.created)
 sa.Index("jobs_owner", jobs.c.owner, jobs.c.created)
 events = sa.Table(
     "events", metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.String(40), nullable=False, index=True),
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),

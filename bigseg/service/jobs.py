@@ -102,6 +102,8 @@ def read_log(folder: str, offset: int, limit: int) -> dict:
     path = os.path.join(folder, "job.log")
     if not os.path.exists(path):
         return {"text": "", "offset": offset, "next_offset": offset}
+    if offset >= os.path.getsize(path):  # nothing new (seeking past the largest file size fails)
+        return {"text": "", "offset": offset, "next_offset": offset}
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(limit)
