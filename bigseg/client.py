@@ -26,11 +26,11 @@ from bigseg.engine import events as ev
 from bigseg.errors import BigsegError, InputError, JobCancelled, ParameterError
 from bigseg.io import store
 from bigseg.pipeline import SegmentResult
+from bigseg.service.config import default_data_dir
+from bigseg.service.states import TERMINAL
 from bigseg.spec import JobSpec
 
 DEFAULT_URL = "http://127.0.0.1:8642"
-#: States a job leaves only through a retry.
-TERMINAL = ("succeeded", "failed", "canceled")
 #: Polling interval of ``wait`` and ``logs(follow=True)``: from the first value, times the factor, up to the last.
 POLL_FIRST, POLL_FACTOR, POLL_MAX = 0.2, 1.5, 2.0
 
@@ -63,11 +63,6 @@ class JobParameterError(JobError, ParameterError):
 
 class WaitTimeout(BigsegError, TimeoutError):
     """``Job.wait(timeout=...)`` ran out of time; the job goes on running on the service."""
-
-
-def default_data_dir() -> str:
-    """The service's data directory: ``$BIGSEG_DATA_DIR``, else ``~/.local/share/bigseg``."""
-    return os.environ.get("BIGSEG_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".local", "share", "bigseg")
 
 
 def find_token(token: str | None = None) -> str:
