@@ -260,7 +260,9 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         wake()
         return job_views.job_json(store.job(job_id), user.name)
 
-    @app.get(f"{API}/jobs/{{job_id}}/events", tags=["jobs"])
+    @app.get(f"{API}/jobs/{{job_id}}/events", tags=["jobs"], responses={200: {
+        "description": "JSON ``{events: [...]}``, or with ``Accept: text/event-stream`` the live stream",
+        "content": {"application/json": {}, "text/event-stream": {}}}})
     async def events(job_id: str, user: Caller, request: Request,
                      after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0):
         """The job's events after ``after``; live (server-sent events) with ``Accept: text/event-stream``."""
@@ -282,7 +284,8 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         visible_job(job_id, user)
         return job_views.read_log(config.job_dir(job_id), offset, limit)
 
-    @app.get(f"{API}/jobs/{{job_id}}/qc.png", tags=["results"], response_class=Response)
+    @app.get(f"{API}/jobs/{{job_id}}/qc.png", tags=["results"], response_class=Response,
+             responses={200: {"description": "the QC overlay", "content": {"image/png": {}}}})
     def qc_png(job_id: str, user: Caller):
         """The QC overlay of a finished job."""
         return Response(job_views.qc_png(visible_job(job_id, user)), media_type="image/png")
@@ -294,7 +297,9 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         """Rows of the measurements table, optionally sorted by a column."""
         return job_views.table_rows(visible_job(job_id, user), limit, offset, sort, desc)
 
-    @app.get(f"{API}/jobs/{{job_id}}/table.parquet", tags=["results"], response_class=Response)
+    @app.get(f"{API}/jobs/{{job_id}}/table.parquet", tags=["results"], response_class=Response,
+             responses={200: {"description": "the table, one Parquet file",
+                              "content": {"application/vnd.apache.parquet": {}}}})
     def table_parquet(job_id: str, user: Caller):
         """The measurements table (Parquet)."""
         job = visible_job(job_id, user)
