@@ -152,16 +152,20 @@ def runner_alive(job: dict) -> bool:
         return False
 
 
-def kill_runner(job: dict) -> None:
+def kill_runner(job: dict, wait: float = 10.0) -> None:
     """SIGKILL the runner's process group: the runner (it leads its own session) and what it started (a local
-    cluster's workers), which outlive a runner killed alone."""
+    cluster's workers), which outlive a runner killed alone; waits up to ``wait`` s for the runner to be gone (a
+    large process takes a moment to exit), so that a job marked ended has no runner left."""
     pid = job["runner_pid"]
     if not pid:
         return
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + wait
+    while runner_alive(job) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _create_time(pid: int) -> float | None:
