@@ -41,12 +41,16 @@ def plan(spec, profile: str | None) -> JobPlan:
     """Plan ``spec`` as its runner will (same profile, same worker count): nothing is written."""
     from bigseg import cluster, pipeline
     from bigseg.errors import ParameterError
+    from bigseg.methods._sample import clear_sample_cache
     try:
         name, prof = cluster.resolve_profile(profile)
     except ParameterError as err:
         raise ParameterError(f"profile: {err}") from None
     workers = prof.planned_workers(None) or 1
-    return JobPlan(pipeline.plan(spec, workers), name or "local", workers)
+    try:
+        return JobPlan(pipeline.plan(spec, workers), name or "local", workers)
+    finally:
+        clear_sample_cache()  # up to 64 MB per image: the server keeps none (the runner reads its own)
 
 
 def plan_summary(job: JobPlan) -> dict:
