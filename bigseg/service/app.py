@@ -130,6 +130,13 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
     app.state.store, app.state.config = store, config
     _install_handlers(app, config)
 
+    def answer_and_wake(job_id: str, user: User) -> dict:
+        """The job as this request left it (read before the dispatcher may move it on), then wake the
+        dispatcher."""
+        answer = job_views.job_json(store.job(job_id), user.name)
+        wake()
+        return answer
+
     def visible_job(job_id: str, user: User) -> dict:
         job = store.job(job_id)
         if job is None or (job["owner"] != user.name and not user.admin):
@@ -213,9 +220,8 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
                                       tags=body.tags, priority=body.priority, max_attempts=config.max_attempts)
         except OutputBusy as err:
             raise ApiError(409, str(err), "output") from None
-        wake()
         response.headers["Location"] = f"{API}/jobs/{job_id}"
-        return job_views.job_json(store.job(job_id), user.name)
+        return answer_and_wake(job_id, user)
 
     @app.get(f"{API}/jobs", tags=["jobs"])
     def list_jobs(user: Caller, status: str | None = None, tag: str | None = None,
@@ -241,8 +247,7 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         canceled (the runner stops within one block; after the grace period it is killed)."""
         job = visible_job(job_id, user)
         job_views.cancel(store, job)
-        wake()
-        return job_views.job_json(store.job(job_id), user.name)
+        return answer_and_wake(job_id, user)
 
     @app.post(f"{API}/jobs/{{job_id}}/retry", tags=["jobs"], status_code=202)
     def retry(job_id: str, user: Caller) -> dict:
@@ -257,8 +262,7 @@ def create_app(config: ServiceConfig, store: Store, dispatcher: Dispatcher | Non
         if not done.ok:
             raise ApiError(409, f"job {job_id} is {done.found}; only a failed, canceled or interrupted job can be "
                                 "retried")
-        wake()
-        return job_views.job_json(store.job(job_id), user.name)
+        return answer_and_wake(job_id, user)
 
     @app.get(f"{API}/jobs/{{job_id}}/events", tags=["jobs"], responses={200: {
         "description": "JSON ``{events: [...]}``, or with ``Accept: text/event-stream`` the live stream",
