@@ -23,7 +23,13 @@ import urllib.request
 from collections.abc import Iterator
 
 from bigseg.engine import events as ev
-from bigseg.errors import BigsegError, InputError, JobCancelled, ParameterError
+from bigseg.errors import (
+    BigsegError,
+    InputError,
+    JobCancelled,
+    ParameterError,
+    first_line,
+)
 from bigseg.io import store
 from bigseg.pipeline import SegmentResult
 from bigseg.service.config import default_data_dir
@@ -197,7 +203,7 @@ class Client:
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", None) or err
             raise ServiceError(f"cannot reach the bigseg service at {self.url}: is `bigseg serve` running? "
-                               f"({_first_line(reason)})") from None
+                               f"({first_line(reason)})") from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -373,19 +379,14 @@ def http_error(status: int, raw: bytes, reason: str = "") -> ServiceError:
                                if isinstance(d, dict) else str(d) for d in detail)
     if not detail:
         text = raw.decode(errors="replace").strip() if raw else ""
-        detail = _first_line(text) if text else f"HTTP {status} {reason}".strip()
-    message = _first_line(str(detail))
+        detail = first_line(text) if text else f"HTTP {status} {reason}".strip()
+    message = first_line(str(detail))
     if field and field not in message:
         message = f"{field}: {message}"
     if status == 401:
         message += ("; pass a valid token with --token TOKEN (Client(token=...)) or BIGSEG_TOKEN, or put it in "
                     f"{os.path.join(default_data_dir(), 'token')}")
     return ServiceError(message, status, field)
-
-
-def _first_line(value) -> str:
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _job_path(job_id: str, action: str | None = None) -> str:

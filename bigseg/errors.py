@@ -28,6 +28,15 @@ class JobCancelled(BigsegError):
         super().__init__(message)
 
 
+def first_line(value) -> str:
+    """The first line of an error's (or any value's) text, for a one-line message; an error without text is
+    named by its type."""
+    text = str(value).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return type(value).__name__ if isinstance(value, BaseException) else ""
+
+
 def validation_message(err, model=None, prefix: str = "") -> str:
     """One line from a pydantic ``ValidationError``: ``method.diameter: must be positive``; an unknown field
     is named with the closest valid one (``model`` is the validated class, used to find it)."""

@@ -33,12 +33,6 @@ def where(name: str | None, field: str | None = None) -> str:
     return ".".join(parts + ([field] if field else []))
 
 
-def first_line(err: BaseException) -> str:
-    """An error's first line, for a one-line message (its type's name when it has no text)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def check_gpu(profile, request: "Request", name: str | None, hint: str = "") -> None:
     """A job whose method runs on GPUs needs a profile whose workers have them (one line otherwise)."""
     if request.gpu and not profile.gpu:

@@ -10,8 +10,8 @@ import logging
 
 import dask.config
 
-from bigseg.cluster._backend import Request, first_line, on_no_workers, where
-from bigseg.errors import ParameterError
+from bigseg.cluster._backend import Request, on_no_workers, where
+from bigseg.errors import ParameterError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import os
 
 import dask.config
 
-from bigseg.cluster._backend import Request, first_line, check_gpu, on_no_workers, require, where
-from bigseg.errors import ParameterError
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.errors import ParameterError, first_line
 
 log = logging.getLogger(__name__)
 #: Worker setting (read by ``dask worker`` from the environment) that makes it advertise one GPU.

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import time
 
-from bigseg.cluster._backend import Request, check_gpu, first_line, on_no_workers, require, where
-from bigseg.errors import ParameterError
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.errors import ParameterError, first_line
 
 log = logging.getLogger(__name__)
 CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}

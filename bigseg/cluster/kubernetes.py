@@ -14,8 +14,8 @@ import copy
 import logging
 import uuid
 
-from bigseg.cluster._backend import Request, first_line, check_gpu, on_no_workers, require, where
-from bigseg.errors import ParameterError
+from bigseg.cluster._backend import Request, check_gpu, on_no_workers, require, where
+from bigseg.errors import ParameterError, first_line
 
 log = logging.getLogger(__name__)
 SCHEDULER_COMMAND = ["dask", "scheduler"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bigseg.errors import BigsegError
+from bigseg.errors import BigsegError, first_line
 from bigseg.service import states
 
 #: Version of the tables below; a database of a newer version is refused.
@@ -330,5 +330,5 @@ def _plain(row) -> dict | None:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The database driver's own message when SQLAlchemy wraps one."""
+    return first_line(getattr(err, "orig", None) or err)
