@@ -72,17 +72,15 @@ class Dispatcher:
             if alive and beat_age > stale:
                 log.warning("job %s: runner pid %s has not reported for %.0f s; killing it", job["id"],
                             job["runner_pid"], beat_age)
-                kill_runner(job)
                 alive = False
             if alive and job["status"] == states.CANCELING and now - (job["cancel_requested"] or now) > \
                     self.config.cancel_grace:
                 log.warning("job %s: runner pid %s ignored the cancel for %.0f s; killing it", job["id"],
                             job["runner_pid"], self.config.cancel_grace)
-                kill_runner(job)
                 alive = False
             if alive or (job["runner_pid"] is None and beat_age <= stale):  # a runner being spawned
                 continue
-            kill_runner(job)  # whatever the runner left (its cluster's workers share its process group)
+            kill_runner(job)  # a hung runner, or what a dead one left (its cluster's workers share its group)
             if job["status"] == states.CANCELING:
                 self.store.transition(job["id"], states.CANCELED, "cancelled (runner stopped)",
                                       error={"message": "cancelled", "kind": "canceled"})

@@ -117,20 +117,24 @@ def read_log(folder: str, offset: int, limit: int) -> dict:
 def qc_png(job: dict) -> bytes:
     """A finished job's QC picture."""
     from bigseg.io import store
-    url = (job["result"] or {}).get("qc")
-    if job["status"] != states.SUCCEEDED or not url:
-        raise NotFound(f"job {job['id']} is {job['status']}: its QC picture exists once it has succeeded")
+    url = _result_url(job, "qc", "QC picture")
     try:
         return store.load_bytes(url)
     except OSError:
         raise NotFound(f"the QC picture of job {job['id']} ({url}) is gone (moved or deleted)") from None
 
 
+def _result_url(job: dict, key: str, what: str) -> str:
+    """Where a finished job wrote its ``key`` (``qc``, ``table``); :class:`NotFound` before it has succeeded."""
+    url = (job["result"] or {}).get(key)
+    if job["status"] != states.SUCCEEDED or not url:
+        raise NotFound(f"job {job['id']} is {job['status']}: its {what} exists once it has succeeded")
+    return url
+
+
 def table(job: dict):
     """A finished job's measurements table (a DataFrame)."""
-    url = (job["result"] or {}).get("table")
-    if job["status"] != states.SUCCEEDED or not url:
-        raise NotFound(f"job {job['id']} is {job['status']}: its table exists once it has succeeded")
+    url = _result_url(job, "table", "table")
     try:
         return _table(url, job["finished"])
     except (OSError, FileNotFoundError):

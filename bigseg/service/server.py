@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -84,7 +83,6 @@ def serve(config: ServiceConfig, out=sys.stdout) -> int:
     dispatcher = Dispatcher(store, config)
     app = create_app(config, store, dispatcher)
     url = f"http://{'[' + config.host + ']' if ':' in config.host else config.host}:{port}/"
-    _write_state(config, url)
     print(f"bigseg serve: {url}", file=out)
     print(f"admin token {'created in' if token else 'in'} {config.token_file} (sign in with it; it is never "
           "printed or logged)", file=out, flush=True)
@@ -95,21 +93,5 @@ def serve(config: ServiceConfig, out=sys.stdout) -> int:
     finally:
         dispatcher.stop()
         store.dispose()
-        _remove_state(config)
     return 0
-
-
-def _write_state(config: ServiceConfig, url: str) -> None:
-    """DATA/server.json: where this server listens (clients on this machine find it there)."""
-    path = os.path.join(config.data_dir, "server.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"url": url, "pid": os.getpid()}, f)
-    os.replace(path + ".tmp", path)
-
-
-def _remove_state(config: ServiceConfig) -> None:
-    try:
-        os.remove(os.path.join(config.data_dir, "server.json"))
-    except OSError:
-        pass
 
