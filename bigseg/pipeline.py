@@ -84,6 +84,18 @@ class Plan:
     target: label_io.LabelTarget
     min_size: int
     resume: bool = False
+    #: True for each block (by id) with foreground, segmented at full resolution; the others are background,
+    #: never read (None: every block is active)
+    active: np.ndarray | None = None
+
+    def active_blocks(self) -> list:
+        """The blocks the segment stage reads and segments, in block order."""
+        return [b for b in self.grid if self.active is None or self.active[b.id]]
+
+    @property
+    def blocks_background(self) -> int:
+        """Blocks skipped as background (no foreground in the low-resolution mask, dilated by the halo)."""
+        return 0 if self.active is None else int(len(self.active) - self.active.sum())
 
     def identity(self) -> dict:
         """What must be the same for a job to resume another: the spec (less its run options) and what was
