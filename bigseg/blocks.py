@@ -11,6 +11,9 @@ from bigseg.errors import ParameterError
 
 #: Default budget of core voxels per block (before the halo); the methods use ~40 bytes a voxel.
 DEFAULT_BLOCK_VOXELS = 2**25
+#: Default blocks are at least this many halos along each axis (where memory allows), so that the halo read
+#: around a block stays a fraction of it (a block of 4 halos reads 1.5x its core per axis).
+HALOS_PER_BLOCK = 4
 
 
 def region_text(region: tuple[slice, ...]) -> str:
@@ -125,7 +128,7 @@ def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, 
     ndim = len(shape)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
     if block_shape is None:
-        block_shape = default_block_shape(shape, chunks, max_voxels)
+        block_shape = default_block_shape(shape, chunks, max_voxels, tuple(HALOS_PER_BLOCK * int(h) for h in halo))
     else:
         block_shape = tuple(int(b) for b in block_shape)
         if len(block_shape) != ndim:
@@ -151,9 +154,19 @@ def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, 
     return BlockGrid(tuple(shape), block_shape, halo, tuple(align) if align else None)
 
 
-def default_block_shape(shape, chunks, max_voxels):
-    """Grow whole chunks, smallest axis first, until the block reaches ``max_voxels``."""
+def default_block_shape(shape, chunks, max_voxels, min_edge=None):
+    """Whole chunks, at least ``min_edge`` voxels along each axis (within the memory bound
+    :data:`DEFAULT_BLOCK_VOXELS`), then grown smallest axis first until the block reaches ``max_voxels``."""
     block = list(chunks)
+    if min_edge is not None:
+        whole = [math.ceil(s / c) * c for s, c in zip(shape, chunks)]
+        wanted = [min(max(c, math.ceil(e / c) * c), w) for c, e, w in zip(chunks, min_edge, whole)]
+        cap = max(DEFAULT_BLOCK_VOXELS, math.prod(chunks))
+        if math.prod(wanted) > cap:  # memory first: shrink every axis alike, to whole chunks
+            ratio = (cap / math.prod(wanted)) ** (1 / len(wanted))
+            wanted = [max(c, int(w * ratio) // c * c) for w, c in zip(wanted, chunks)]
+        block = wanted
+        max_voxels = max(max_voxels, math.prod(block))
     while True:
         growable = [d for d in range(len(block)) if block[d] < shape[d]]
         if not growable:

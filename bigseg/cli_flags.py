@@ -46,6 +46,8 @@ def _add_flag(group, name: str, info, dest: str, owners: list[str] | None = None
         text = f"{text} ({' | '.join(choices)})"
     if info.annotation is bool:
         group.add_argument(flag, dest=dest, action="store_true", default=None, help=text)
+    elif info.annotation == bool | None:  # on, off or the default: --flag / --no-flag
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
     else:
         group.add_argument(flag, dest=dest, default=None, help=text, metavar=name.upper())
 

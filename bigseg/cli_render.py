@@ -64,7 +64,8 @@ def summary_lines(s: dict) -> list[str]:
     lines = [f"labels   {s['labels']}  ({s['dtype']}, {s['objects']} objects)",
              f"table    {s['table']}",
              f"qc       {s['qc']}  (outlines over the image, middle plane)",
-             f"blocks   {s['blocks']} ({s['blocks_empty']} empty), block {tuple(s['block'])}, halo {tuple(s['halo'])}"]
+             f"blocks   {s['blocks']} ({s['blocks_empty']} empty{_background(s)}), block {tuple(s['block'])}, "
+             f"halo {tuple(s['halo'])}"]
     if s["resumed"]:
         lines.append("resumed  reused the tasks an earlier run had finished: "
                      + ", ".join(f"{step} {n}" for step, n in s["resumed"].items()))
@@ -74,6 +75,11 @@ def summary_lines(s: dict) -> list[str]:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items() if k != "total")
     lines.append(f"time     {s['seconds']['total']:.1f}s ({stages}); {s['voxels_per_second'] / 1e6:.2f} Mvoxel/s")
     return lines
+
+
+def _background(summary: dict) -> str:
+    n = summary.get("blocks_background") or 0
+    return f", {n} background, not read" if n else ""
 
 
 def not_an_event(record: logging.LogRecord) -> bool:

@@ -341,7 +341,8 @@ def segment_result(summary: dict) -> SegmentResult:
                          block_shape=tuple(summary.get("block") or ()), halo=tuple(summary.get("halo") or ()),
                          seconds=dict(summary.get("seconds") or {}), voxels=summary.get("voxels", 0),
                          resumed=dict(summary.get("resumed") or {}),
-                         blocks_skipped=list(summary.get("blocks_skipped") or []))
+                         blocks_skipped=list(summary.get("blocks_skipped") or []),
+                         blocks_background=summary.get("blocks_background", 0))
 
 
 def event_from_record(job_id: str, record: dict) -> ev.Event | None:

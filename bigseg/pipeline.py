@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg import measure
+from bigseg.foreground import ForegroundMask, foreground_blocks
 from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
@@ -34,7 +35,7 @@ from bigseg.spec import JobSpec
 from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
-from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
+from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch import no_edges, resolve, resolve_classes
 from bigseg.stitch_rules import Output
 
@@ -59,6 +60,8 @@ class SegmentResult:
     voxels: int = 0
     resumed: dict = field(default_factory=dict)
     blocks_skipped: list = field(default_factory=list)
+    #: blocks never read: no foreground in the low-resolution mask (dilated by the halo)
+    blocks_background: int = 0
 
     @property
     def voxels_per_second(self) -> float:
@@ -66,7 +69,8 @@ class SegmentResult:
 
     def summary(self) -> dict:
         return {"labels": self.labels, "table": self.table, "qc": self.qc, "objects": self.objects,
-                "blocks": self.blocks, "blocks_empty": self.blocks_empty, "dtype": self.dtype,
+                "blocks": self.blocks, "blocks_empty": self.blocks_empty,
+                "blocks_background": self.blocks_background, "dtype": self.dtype,
                 "threshold": self.threshold, "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
                 "voxels_per_second": round(self.voxels_per_second, 1), "resumed": self.resumed,
@@ -84,9 +88,14 @@ class Plan:
     target: label_io.LabelTarget
     min_size: int
     resume: bool = False
-    #: True for each block (by id) with foreground, segmented at full resolution; the others are background,
-    #: never read (None: every block is active)
-    active: np.ndarray | None = None
+    #: where the foreground mask came from (None: no mask, every block is segmented)
+    foreground: ForegroundMask | None = None
+
+    @property
+    def active(self) -> np.ndarray | None:
+        """True for each block (by id) with foreground, segmented at full resolution; the others are background,
+        never read (None: every block is active)."""
+        return None if self.foreground is None else self.foreground.active
 
     def active_blocks(self) -> list:
         """The blocks the segment stage reads and segments, in block order."""
@@ -101,11 +110,12 @@ class Plan:
         """What must be the same for a job to resume another: the spec (less its run options) and what was
         derived from it (block plan, minimum size, job-wide values such as the threshold)."""
         return {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
-                "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values()}
+                "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
+                "foreground": None if self.foreground is None else self.foreground.identity()}
 
 
 #: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
-IDENTITY_FORMAT = 2
+IDENTITY_FORMAT = 3
 
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
@@ -136,7 +146,8 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
-    job = Plan(spec, view, method, grid, target, method.object_min_size(voxel_size), recorded is not None)
+    mask = foreground_blocks(spec.foreground, view, grid, dark=bool(getattr(method, "dark_objects", False)))
+    job = Plan(spec, view, method, grid, target, method.object_min_size(voxel_size), recorded is not None, mask)
     if recorded is not None:
         check_resumable(recorded, job.identity(), target.url)
     return job
@@ -211,13 +222,19 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     stages.observer.on_event(started)
 
     blocks = list(grid)
-    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, spec.options.skip_bad_blocks) for b in blocks]
-    summaries = stages.run("segment", segment_block, tasks, resources=method.resources())
+    if plan.blocks_background:
+        _say(stages, ev.Message(f"{plan.blocks_background} of {len(grid)} blocks are background (no foreground in "
+                                f"the mask from {plan.foreground.source}, dilated by the halo): not read"))
+    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, spec.options.skip_bad_blocks)
+             for b in plan.active_blocks()]
+    segmented = stages.run("segment", segment_block, tasks, resources=method.resources())
+    summaries = _every_block(grid, segmented)
     skipped = [s.error for s in summaries if s.error]
     if skipped:
         _say(stages, ev.Warning(f"skipped {len(skipped)} unreadable block(s), left unlabelled: "
                                 + "; ".join(skipped)))
     by_id = {s.block_id: s for s in summaries}
+    background = plan.blocks_background
 
     lookup = _stitch(plan, stages, files, summaries)
     dtype = label_io.label_dtype(lookup.n_objects)
@@ -261,15 +278,23 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
             store.publish(files.table_parts, target.table_url)
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
-                                                      "blocks_skipped": skipped})
+                                                      "blocks_skipped": skipped, "blocks_background": background,
+                                                      "foreground": plan.foreground and plan.foreground.describe()})
         if not spec.options.keep_work:
             store.remove(files.work_url)
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
         labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
-        blocks_empty=sum(1 for s in summaries if s.n_fragments == 0), dtype=dtype.name,
+        blocks_empty=sum(1 for s in segmented if s.n_fragments == 0), dtype=dtype.name,
         threshold=method.job_values().get("threshold"), block_shape=grid.block_shape, halo=grid.halo,
-        seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped)
+        seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped,
+        blocks_background=background)
+
+
+def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:
+    """Summaries of every block in block order: background blocks (not segmented) have no fragments."""
+    by_id = {s.block_id: s for s in segmented}
+    return [by_id.get(i) or BlockSummary(i, 0, 0, {}, 0.0) for i in range(len(grid))]
 
 
 def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):

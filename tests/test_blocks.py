@@ -1,4 +1,6 @@
 """The block grid on small shapes whose answer you can see."""
+import math
+
 import pytest
 
 from bigseg.blocks import plan_grid
@@ -24,6 +26,17 @@ def test_default_block_is_whole_chunks_within_the_budget():
     grid = plan_grid((128, 1024, 1024), (64, 256, 256), (0, 0, 0), max_voxels=2**25)
     assert grid.block_shape == (128, 512, 512)
     assert all(b % c == 0 for b, c in zip(grid.block_shape, (64, 256, 256)))
+
+
+def test_default_blocks_are_at_least_four_halos_where_memory_allows():
+    # a deep model's halo of 96 on a 2048^2 image, 256^2 chunks, and a parallelism budget of 2^18 voxels
+    grid = plan_grid((2048, 2048), (256, 256), (96, 96), max_voxels=2**18)
+    assert grid.block_shape == (512, 512) and min(grid.block_shape) >= 4 * 96
+    # ... but never past the memory bound: a halo of 100 in 3D gets blocks of 2^25 voxels at most, not 400^3
+    grid = plan_grid((4096, 4096, 4096), (64, 64, 64), (100, 100, 100), max_voxels=2**18)
+    assert grid.block_shape == (320, 320, 320) and math.prod(grid.block_shape) <= 2**25
+    # small halos change nothing
+    assert plan_grid((128, 1024, 1024), (64, 256, 256), (4, 4, 4), max_voxels=2**25).block_shape == (128, 512, 512)
 
 
 def test_neighbours_include_edges_and_corners_once():

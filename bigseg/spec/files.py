@@ -14,7 +14,9 @@ from bigseg.spec.job import SPEC_VERSION, JobSpec
 KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timepoint": ("input", "timepoint"),
             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
             "output": ("output", "url"), "overwrite": ("output", "overwrite"),
-            "skip_bad_blocks": ("options", "skip_bad_blocks"), "keep_work": ("options", "keep_work")}
+            "skip_background": ("foreground", "skip_background"), "foreground_threshold": ("foreground", "threshold"),
+            "mask": ("foreground", "mask"), "skip_bad_blocks": ("options", "skip_bad_blocks"),
+            "keep_work": ("options", "keep_work")}
 
 
 def from_dict(data: dict, source: str = "") -> JobSpec:

@@ -66,6 +66,19 @@ class OutputSpec(Section):
                                "settings is resumed without it)", default=False)
 
 
+class ForegroundSpec(Section):
+    """Which blocks are worth reading: a mask from a low-resolution level (or a label image), dilated by the halo."""
+
+    skip_background: bool | None = describe(
+        "skip blocks with no foreground in the low-resolution mask (never read at full resolution); default: on "
+        "for whole-slide-like images (a pyramid level coarser than the segmented one fits the mask budget)",
+        default=None)
+    threshold: float | None = describe("intensity above which the low-resolution level is foreground (below, "
+                                       "for dark objects); default: Otsu of that level", default=None)
+    mask: str | None = describe("an existing label image of the image (IMAGE/labels/NAME, e.g. a tissue mask) "
+                                "whose nonzero voxels are the foreground", default=None)
+
+
 class OptionsSpec(Section):
     skip_bad_blocks: bool = describe("leave blocks whose input cannot be read unlabelled (and report them) "
                                      "instead of failing", default=False)
@@ -101,6 +114,7 @@ class JobSpec(Section):
     blocks: BlocksSpec = Field(default_factory=BlocksSpec)
     stitch: StitchSpec = Field(default_factory=StitchSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    foreground: ForegroundSpec = Field(default_factory=ForegroundSpec)
     options: OptionsSpec = Field(default_factory=OptionsSpec)
 
     @field_validator("method", mode="wrap")

@@ -804,7 +804,7 @@ function showResult(node, job) {
     el("dl", { class: "facts" },
       el("dt", {}, "Objects"), el("dd", { "data-testid": "objects" }, r.objects),
       el("dt", {}, "Labels"), el("dd", { class: "mono" }, r.labels),
-      el("dt", {}, "Blocks"), el("dd", {}, `${r.blocks}${r.blocks_empty ? ` (${r.blocks_empty} empty)` : ""}`),
+      el("dt", {}, "Blocks"), el("dd", {}, `${r.blocks}${r.blocks_empty ? ` (${r.blocks_empty} empty)` : ""}${r.blocks_background ? `, ${r.blocks_background} background` : ""}`),
       r.seconds && r.seconds.total !== undefined ? [el("dt", {}, "Time"), el("dd", {}, duration(r.seconds.total))] : null),
     el("div", { class: "cols" },
       el("figure", {}, qc, el("figcaption", {}, "Outlines over the image (middle plane)")),

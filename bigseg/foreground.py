@@ -1,0 +1,137 @@
+"""Foreground skipping: which blocks hold anything to segment, decided from a low-resolution level before any
+block is read.
+
+Most of a whole slide is glass and most of a light-sheet volume is dark medium. The mask is the finest level with
+at most ``bigseg.foreground-voxels`` voxels, thresholded (Otsu, or ``foreground.threshold``), or an existing label
+image of the image (``foreground.mask``, e.g. a tissue mask). It is dilated by the halo (in that level's voxels,
+rounded up, plus one voxel for the rounding of level shapes), so a block is kept whenever foreground lies in its core
+or within its halo; the other blocks are *background*: never read at full resolution, no fragments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+import dask.config
+import numpy as np
+from scipy import ndimage as ndi
+
+from bigseg.blocks import BlockGrid
+from bigseg.errors import InputError
+from bigseg.io import store
+from bigseg.io.ome import ImageView, open_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForegroundMask:
+    """Where the mask came from and which blocks it keeps."""
+
+    #: the image level (or, with a label mask, the label image's level) the mask was read from
+    source: str
+    #: voxels of the segmented level per mask voxel, along each axis
+    factor: tuple[float, ...]
+    #: the intensity threshold (None for a label mask)
+    threshold: float | None
+    #: per block id: True = the block is segmented
+    active: np.ndarray
+
+    @property
+    def background(self) -> int:
+        return int(self.active.size - self.active.sum())
+
+    def identity(self) -> dict:
+        """What a resumed job must share: the mask's source and threshold and the blocks it keeps."""
+        digest = hashlib.sha1(np.packbits(self.active).tobytes()).hexdigest()
+        return {"source": self.source, "threshold": self.threshold, "background": self.background,
+                "active_sha1": digest}
+
+    def describe(self) -> dict:
+        """For the label metadata."""
+        return {"source": self.source, "threshold": self.threshold, "blocks_background": self.background}
+
+
+def mask_voxels() -> int:
+    """The mask is read from the finest level with at most this many voxels."""
+    return int(dask.config.get("bigseg.foreground-voxels", default=2**22))
+
+
+def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = False) -> ForegroundMask | None:
+    """The blocks to segment, or None when every block is (skipping off, or nothing to skip).
+
+    ``settings`` is the job's ``foreground`` section; ``dark``: objects are darker than the background, so the
+    foreground is below the threshold."""
+    if settings.skip_background is False or len(grid) == 1:
+        return None
+    explicit = settings.skip_background or settings.mask is not None or settings.threshold is not None
+    if settings.mask is not None:
+        data, level_shape, source = _label_mask(view, settings.mask)
+        threshold, foreground = None, data > 0
+    else:
+        level = _mask_level(view)
+        if level == view.level and not explicit:
+            return None  # no coarser level: not a whole-slide-like image, every block is read anyway
+        small = dataclasses.replace(view, level=level)
+        data = small.read(tuple(slice(0, s) for s in small.shape)).astype(np.float32)
+        level_shape, source = small.shape, f"level {level}"
+        threshold = settings.threshold if settings.threshold is not None else _otsu(data)
+        foreground = data < threshold if dark else data > threshold
+    factor = tuple(s / m for s, m in zip(view.shape, level_shape))
+    radius = tuple(int(math.ceil(h / f)) + 1 for h, f in zip(grid.halo, factor))
+    grown = ndi.maximum_filter(foreground, size=tuple(2 * r + 1 for r in radius), mode="constant") \
+        if foreground.any() else foreground
+    active = np.zeros(len(grid), bool)
+    for block in grid:
+        region = tuple(slice(int(c.start // f), max(int(math.ceil(c.stop / f)), int(c.start // f) + 1))
+                       for c, f in zip(block.core, factor))
+        active[block.id] = bool(grown[region].any())
+    mask = ForegroundMask(source, factor, None if threshold is None else float(threshold), active)
+    log.info("foreground mask from %s (threshold %s): %d of %d blocks background", source, threshold,
+             mask.background, len(grid))
+    return mask
+
+
+def _mask_level(view: ImageView) -> int:
+    """The finest level at or below the segmented one with at most :func:`mask_voxels` voxels (else the coarsest)."""
+    levels = range(view.level, len(view.image.levels))
+    for level in levels:
+        if math.prod(dataclasses.replace(view, level=level).shape) <= mask_voxels():
+            return level
+    return levels[-1]
+
+
+def _otsu(data: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+    lo, hi = float(data.min()), float(data.max())
+    return hi if lo == hi else float(threshold_otsu(data))
+
+
+def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """An existing label image of the image as the mask: its finest level within :func:`mask_voxels` whose shape is
+    the shape of one of the image's levels at or below the segmented one."""
+    url = store.join(view.image.url, "labels", name)
+    if name not in view.image.labels:
+        known = ", ".join(view.image.labels) or "none"
+        raise InputError(f"foreground.mask: {view.image.url} has no label image '{name}' (it has: {known}); "
+                         "name one of its label images, e.g. a tissue mask")
+    labels = open_image(url)
+    image_shapes = {dataclasses.replace(view, level=lv).shape
+                    for lv in range(view.level, len(view.image.levels))}
+    candidates = []
+    for level in range(len(labels.levels)):
+        lview = labels.view(level)
+        if lview.ndim == view.ndim and lview.shape in image_shapes:
+            candidates.append(lview)
+    if not candidates:
+        shapes = [labels.view(lv).shape for lv in range(len(labels.levels))]
+        raise InputError(f"foreground.mask: label image '{name}' has levels of shape {shapes}, none of which is the "
+                         f"shape of a level of the image at or below level {view.level} ({sorted(image_shapes)}); "
+                         "write the mask on the image's pyramid")
+    small = [c for c in candidates if math.prod(c.shape) <= mask_voxels()]
+    chosen = small[0] if small else candidates[-1]
+    data = chosen.read(tuple(slice(0, s) for s in chosen.shape))
+    return data, chosen.shape, f"labels/{name} level {chosen.level}"
