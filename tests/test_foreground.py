@@ -105,3 +105,34 @@ def test_a_mask_that_fits_no_level_and_a_missing_mask_are_one_line_errors(client
         assert code == 2 and len(err) == 1 and expected in err[0], err
     assert checksums(slide) == before
     assert "x" not in zarr.open_group(slide + "/labels", mode="r")
+
+
+def test_the_mask_is_part_of_the_resume_identity(client, slide, tmp_path):
+    import threading
+
+    from bigseg.engine import events
+    from bigseg.errors import JobCancelled, OutputError
+
+    class AfterFirstBlocks(events.Observer):
+        def __init__(self):
+            self.reached = threading.Event()
+
+        def on_event(self, event):
+            if isinstance(event, events.StageAdvanced) and event.stage == "segment" and event.done >= 2:
+                self.reached.set()
+
+    out = str(tmp_path / "out.zarr")
+    with dask.config.set(BUDGET):
+        reference = bigseg.segment(slide, "watershed", output=str(tmp_path / "ref.zarr"), client=client,
+                                   block=(128, 128), skip_background=False)
+        spy = AfterFirstBlocks()
+        handle = bigseg.submit(slide, "watershed", output=out, client=client, block=(128, 128), observer=spy)
+        assert spy.reached.wait(240)
+        handle.cancel()
+        with pytest.raises(JobCancelled):
+            handle.result(timeout=60)
+        with pytest.raises(OutputError, match="different settings .foreground, foreground.skip_background"):
+            bigseg.segment(slide, "watershed", output=out, client=client, block=(128, 128), skip_background=False)
+        again = bigseg.segment(slide, "watershed", output=out, client=client, block=(128, 128))
+    assert again.resumed["segment"] >= 2 and again.blocks_background >= 16
+    assert np.array_equal(_labels(again), _labels(reference))
