@@ -34,7 +34,7 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
         :class:`bigseg.engine.cancel.Cancellation` whose ``cancel()`` stops the job from another thread
         (see :func:`submit`).
     **kwargs
-        ``level, channel, timepoint`` (input), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
+        ``level, channel, timepoint, stain`` (input), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
         standalone label image URL), ``overwrite``, ``skip_bad_blocks``, ``keep_work``; any other keyword is a
         method parameter (``sigma``, ``diameter``, ``min_size``, ``model``, ...). Lengths take units: ``"8um"``.
 

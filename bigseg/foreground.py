@@ -9,7 +9,6 @@ or within its halo; the other blocks are *background*: never read at full resolu
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -75,7 +74,7 @@ def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = F
         level = _mask_level(view)
         if level == view.level and not explicit:
             return None  # no coarser level: not a whole-slide-like image, every block is read anyway
-        small = dataclasses.replace(view, level=level)
+        small = view.at_level(level)
         data = small.read(tuple(slice(0, s) for s in small.shape)).astype(np.float32)
         level_shape, source = small.shape, f"level {level}"
         threshold = settings.threshold if settings.threshold is not None else _otsu(data)
@@ -99,7 +98,7 @@ def _mask_level(view: ImageView) -> int:
     """The finest level at or below the segmented one with at most :func:`mask_voxels` voxels (else the coarsest)."""
     levels = range(view.level, len(view.image.levels))
     for level in levels:
-        if math.prod(dataclasses.replace(view, level=level).shape) <= mask_voxels():
+        if math.prod(view.at_level(level).shape) <= mask_voxels():
             return level
     return levels[-1]
 
@@ -119,7 +118,7 @@ def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...]
         raise InputError(f"foreground.mask: {view.image.url} has no label image '{name}' (it has: {known}); "
                          "name one of its label images, e.g. a tissue mask")
     labels = open_image(url)
-    image_shapes = {dataclasses.replace(view, level=lv).shape
+    image_shapes = {view.at_level(lv).shape
                     for lv in range(view.level, len(view.image.levels))}
     candidates = []
     for level in range(len(labels.levels)):

@@ -121,7 +121,7 @@ IDENTITY_FORMAT = 3
 def plan(spec: JobSpec, n_workers: int) -> Plan:
     """Open the image and check everything about the job before any cluster starts or any byte is written."""
     image = open_image(spec.input.url)
-    view = image.view(spec.input.level, spec.input.channel, spec.input.timepoint)
+    view = image.view(spec.input.level, spec.input.channel, spec.input.timepoint, spec.input.stain)
     voxel_size = view.voxel_size
     method = spec.method
     method.check(voxel_size)
@@ -257,7 +257,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
-    channel_names = tuple(f"c{c}" for c in range(view.n_channels))
+    channel_names = view.channel_names
     table_args = (view.scale, view.translation, view.shape, channel_names)
     if not published:
         with stages.local("measure"):
@@ -303,12 +303,12 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
     grid, view, method = plan.grid, plan.view, plan.method
     if method.output() is Output.CLASSES:
         with stages.local("stitch"):
-            return resolve_classes(summaries, len(grid), view.ndim, view.n_channels)
+            return resolve_classes(summaries, len(grid), view.ndim, len(view.channel_names))
     fn, tasks = method.stitch_rule(view.ndim).edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)
     edges = stages.run("stitch", fn, tasks)
     with stages.local("stitch"):
         return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
-                       view.n_channels)
+                       len(view.channel_names))
 
 
 def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -29,9 +29,8 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str) -> str:
     """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole."""
     import imageio.v3 as iio
-    image = view.image
     for i, path in enumerate(label_paths):
-        lv = image.view(view.level + i, view.channel, view.timepoint)
+        lv = view.at_level(view.level + i)
         if math.prod(lv.shape[-2:]) <= MAX_PIXELS or i == len(label_paths) - 1:
             break
     region = tuple(slice(s // 2, s // 2 + 1) for s in lv.shape[:-2]) + tuple(slice(0, s) for s in lv.shape[-2:])

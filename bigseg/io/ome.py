@@ -6,13 +6,13 @@ Only metadata is read here; pixels are read block by block on the workers throug
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import zarr
 
 from bigseg.errors import InputError
-from bigseg.io import store
+from bigseg.io import colour, store
 from bigseg.units import VoxelSize
 
 SPATIAL = ("z", "y", "x")
@@ -67,8 +67,9 @@ class OmeImage:
     def size(self, axis: str) -> int:
         return self.levels[0].shape[self.axis_names.index(axis)] if axis in self.axis_names else 1
 
-    def view(self, level: int = 0, channel: int | None = None, timepoint: int | None = None) -> "ImageView":
-        """Choose a level, channel and timepoint; checks they exist."""
+    def view(self, level: int = 0, channel: int | None = None, timepoint: int | None = None,
+             stain: str | None = None) -> "ImageView":
+        """Choose a level, channel (or, for an RGB(A) image, a stain) and timepoint; checks they exist."""
         if not 0 <= level < len(self.levels):
             raise InputError(
                 f"level {level} is out of range: {self.url} has levels 0..{len(self.levels) - 1}; "
@@ -79,17 +80,24 @@ class OmeImage:
                 what = "channels" if axis == "c" else "timepoints"
                 raise InputError(
                     f"{flag} {value} is out of range: the image has {n} {what} (0..{n - 1})")
-        return ImageView(self, level, channel or 0, timepoint or 0)
+        colour.check_stain(stain, self.size("c"), self.levels[level].dtype, self.url)
+        return ImageView(self, level, channel or 0, timepoint or 0, stain)
 
 
 @dataclass(frozen=True)
 class ImageView:
-    """One level, channel and timepoint of an image, as a spatial (z, y, x) or (y, x) array."""
+    """One level, channel and timepoint of an image, as a spatial (z, y, x) or (y, x) array; with a ``stain``,
+    the segmented channel is that stain's concentration (float32) in the image's R, G, B channels."""
 
     image: OmeImage
     level: int
     channel: int
     timepoint: int
+    stain: str | None = None
+
+    def at_level(self, level: int) -> "ImageView":
+        """The same channel (or stain) and timepoint at another level."""
+        return replace(self, level=level)
 
     @property
     def array_url(self) -> tuple[str, str, int]:
@@ -135,7 +143,13 @@ class ImageView:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.image.levels[self.level].dtype)
+        """The dtype :meth:`read` returns."""
+        return np.dtype(np.float32) if self.stain else np.dtype(self.image.levels[self.level].dtype)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The names of the intensities :meth:`read_channels` returns (the table's column suffixes)."""
+        return colour.channel_names(self.n_channels, self.image.levels[self.level].dtype)
 
     def index(self, region: tuple[slice, ...], channel: int | slice | None = None) -> tuple:
         """Full-array index for a spatial region; ``channel=None`` means the segmented channel."""
@@ -151,11 +165,21 @@ class ImageView:
         return tuple(out)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The segmented channel over a spatial region."""
+        """The segmented channel (or stain) over a spatial region."""
+        if self.stain:
+            return colour.stain(self._read_all(region), self.stain)
         return np.asarray(open_array(*self.array_url)[self.index(region)])
 
     def read_channels(self, region: tuple[slice, ...]) -> np.ndarray:
-        """All channels over a spatial region, shape (C, *region)."""
+        """The measured intensities over a spatial region, shape (C, *region): all channels, or for an RGB(A)
+        image R, G, B and the stains (see :attr:`channel_names`)."""
+        channels = self._read_all(region)
+        if colour.is_rgb(self.n_channels, channels.dtype):
+            return colour.measured(channels)
+        return channels
+
+    def _read_all(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Every channel over a spatial region, as stored, shape (C, *region)."""
         arr = open_array(*self.array_url)
         if "c" not in self.image.axis_names:
             return np.asarray(arr[self.index(region)])[None]

@@ -9,7 +9,6 @@ import numpy as np
 from skimage import filters
 
 from bigseg.blocks import region_text
-from bigseg.io.ome import open_array
 
 #: The sample is the finest level with at most this many voxels.
 SAMPLE_VOXELS = 2**24
@@ -35,14 +34,14 @@ def clear_sample_cache() -> None:
 def _sample(view) -> tuple[np.ndarray, tuple[str, ...]]:
     image = view.image
     for level in range(view.level, len(image.levels)):
-        small = image.view(level, view.channel, view.timepoint)
+        small = view.at_level(level)
         if math.prod(small.shape) <= SAMPLE_VOXELS or level == len(image.levels) - 1:
             break
     if math.prod(small.shape) > SAMPLE_VOXELS:  # no small level: a regular subsample
         step = math.ceil((math.prod(small.shape) / SAMPLE_VOXELS) ** (1 / small.ndim))
         region = tuple(slice(None, None, step) for _ in small.shape)
         try:
-            return np.asarray(open_array(*small.array_url)[small.index(region)], np.float32).ravel(), ()
+            return np.asarray(small.read(region), np.float32).ravel(), ()
         except Exception as err:  # noqa: BLE001 - corrupt chunks, metadata that lies about dtype or shape
             return np.zeros(0, np.float32), (f"a subsample of level {level} ({type(err).__name__}: {err})",)
     parts, failures = [], []

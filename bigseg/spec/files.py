@@ -12,6 +12,7 @@ from bigseg.spec.job import SPEC_VERSION, JobSpec
 
 #: ``segment(image, method, name, **kwargs)`` keywords that are not method parameters: where they go.
 KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timepoint": ("input", "timepoint"),
+            "stain": ("input", "stain"),
             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
             "output": ("output", "url"), "overwrite": ("output", "overwrite"),
             "skip_background": ("foreground", "skip_background"), "foreground_threshold": ("foreground", "threshold"),

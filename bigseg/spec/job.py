@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Annotated, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from bigseg.io.colour import Stain
 from bigseg.methods import METHODS, Method
 from bigseg.methods.base import Lengths, describe, length_help
 from bigseg.methods.watershed import Watershed
@@ -37,6 +38,16 @@ class InputSpec(Section):
     level: int = describe("resolution level to segment", default=0, ge=0)
     channel: int | None = describe("channel to segment (default 0)", default=None, ge=0)
     timepoint: int | None = describe("timepoint to segment (default 0)", default=None, ge=0)
+    stain: Stain | None = describe("for an RGB(A) uint8 image (brightfield, H&E): segment this stain's "
+                                   "concentration (colour deconvolution of R, G, B) instead of a channel",
+                                   default=None)
+
+    @model_validator(mode="after")
+    def _stain_or_channel(self):
+        if self.stain is not None and self.channel is not None:
+            raise ValueError("channel and stain exclude each other (the stain is computed from the R, G, B "
+                             "channels); leave input.channel unset")
+        return self
 
 
 class BlocksSpec(Section):
