@@ -1,6 +1,7 @@
 """bigseg: segment images too big for one machine's memory, block by block on a Dask cluster."""
 from __future__ import annotations
 
+from bigseg import defaults as _defaults  # noqa: F401 - bigseg.yaml under dask.config, before anything reads it
 from bigseg.api import segment, submit
 from bigseg.errors import BigsegError
 from bigseg.io.ome import open_image

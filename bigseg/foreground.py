@@ -18,6 +18,7 @@ import dask.config
 import numpy as np
 from scipy import ndimage as ndi
 
+import bigseg.defaults  # noqa: F401 - bigseg.foreground-voxels
 from bigseg.blocks import BlockGrid
 from bigseg.errors import InputError
 from bigseg.io import store

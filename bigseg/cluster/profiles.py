@@ -15,25 +15,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import dask.config
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
+from bigseg.defaults import DEFAULTS, DEFAULTS_FILE
 from bigseg.errors import ParameterError
 
-#: bigseg's own defaults, merged under Dask's configuration (never written to the user's home).
-DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "bigseg.yaml")
 ENV_PREFIX = "DASK_BIGSEG__PROFILES"
 KINDS = ("local", "address", "jobqueue", "gateway", "kubernetes")
-
-
-def _load_defaults() -> dict:
-    with open(DEFAULTS_FILE) as f:
-        defaults = yaml.safe_load(f)
-    dask.config.update_defaults(defaults)
-    return defaults
-
-
-DEFAULTS = _load_defaults()
 
 
 class _Strict(BaseModel):
