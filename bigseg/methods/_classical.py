@@ -55,7 +55,7 @@ class Classical(Method):
     dark_objects: bool = describe("objects are darker than the background (e.g. brightfield): the image is "
                                   "inverted before everything else", default=False)
     background: BackgroundMethod = describe(
-        "background subtracted before thresholding: rolling-ball (scikit-image rolling_ball; slow in 3D beyond a "
+        "background subtracted before thresholding: none, rolling-ball (scikit-image rolling_ball; slow in 3D beyond a "
         "radius of ~10 voxels) or tophat (white top-hat with a ball footprint; fast)", default="none")
     background_radius: Lengths = describe(length_help(
         "radius of the rolling ball or the top-hat ball, larger than the objects (whole voxels per axis)"),
@@ -74,9 +74,9 @@ class Classical(Method):
         self.sigma_voxels(voxel_size)
         self.window_voxels(voxel_size)
         radii = self.background_radii(voxel_size)
-        if self.background == "tophat" and not any(radii):
+        if self.background != "none" and not any(radii):
             raise ParameterError("method.background_radius: is 0 voxels along every axis; give at least 1 voxel "
-                                 "(a tophat needs a footprint)")
+                                 "(larger than the objects)")
 
     def sigma_voxels(self, voxel_size: VoxelSize) -> tuple[float, ...]:
         return self.voxels(self.sigma, voxel_size, "method.sigma")
