@@ -55,8 +55,8 @@ class Classical(Method):
     dark_objects: bool = describe("objects are darker than the background (e.g. brightfield): the image is "
                                   "inverted before everything else", default=False)
     background: BackgroundMethod = describe(
-        "background subtracted before thresholding: none, rolling-ball (scikit-image rolling_ball; slow in 3D beyond a "
-        "radius of ~10 voxels) or tophat (white top-hat with a ball footprint; fast)", default="none")
+        "background subtracted before thresholding: none, rolling-ball (scikit-image rolling_ball; slow in 3D "
+        "beyond a radius of ~10 voxels) or tophat (white top-hat with a ball footprint; fast)", default="none")
     background_radius: Lengths = describe(length_help(
         "radius of the rolling ball or the top-hat ball, larger than the objects (whole voxels per axis)"),
         default=20.0)
@@ -105,11 +105,7 @@ class Classical(Method):
         return self._job.reference if self._job is not None else 0.0
 
     def signal(self, block: np.ndarray) -> np.ndarray:
-        """The block as float32 with objects bright, measured from :attr:`reference` (exact for integer
-        intensities below 2**24)."""
-        data = np.asarray(block, dtype=np.float32)
-        ref = np.float32(self.reference)
-        return ref - data if self.dark_objects else data - ref
+        return as_signal(block, self.reference, self.dark_objects)
 
     def contrast(self, signal: np.ndarray, radii: tuple[int, ...]) -> np.ndarray:
         """The signal less its background (the signal itself without one)."""
@@ -135,21 +131,21 @@ class Classical(Method):
 
     def signal_threshold(self) -> float:
         """The threshold of the filtered signal."""
+        t = self._signal_threshold()
+        if t is None:
+            raise RuntimeError("prepare() must set the threshold before blocks are segmented")
+        return t
+
+    def _signal_threshold(self) -> float | None:
         if self.threshold is not None:  # the image's intensity, or the background-subtracted one
             return -self.threshold if self.dark_objects and self.background == "none" else self.threshold
-        if self._job is None or self._job.signal_threshold is None:
-            raise RuntimeError("prepare() must set the threshold before blocks are segmented")
-        return self._job.signal_threshold
+        return self._job.signal_threshold if self._job is not None else None
 
     def prepare(self, view) -> "Classical":
         if self.threshold is not None:
             return self
-        sample = sample_image(view)
-        values = sample.values
-        if values.size == 0:
-            job = JobValues()
-        else:
-            job = JobValues(float(values.max() if self.dark_objects else values.min()))
+        sample = sample_image(view)  # never empty: the plan refuses an image with no readable sample first
+        job = JobValues(float(sample.values.max() if self.dark_objects else sample.values.min()))
         if self.threshold_method != "local":
             contrast = self._sample_contrast(sample, job.reference, view.voxel_size)
             job = JobValues(job.reference, histogram_threshold(contrast, self.threshold_method))
@@ -161,32 +157,37 @@ class Classical(Method):
         """What the job-wide threshold is computed from: the sample's signal less its background (filtered
         at the sample level, with the radius in that level's voxels), not smoothed; the voxels within the
         filter's reach of an unreadable chunk are left out."""
-        prepared = self.model_copy()
-        prepared._job = JobValues(reference)
-        signal = prepared.signal(sample.data)
-        if self.background == "none" or signal.size == 0:
-            return signal.ravel() if sample.readable is None else signal[sample.readable]
+        data = as_signal(sample.data, reference, self.dark_objects)
+        if self.background == "none" or data.size == 0:
+            return data.ravel() if sample.readable is None else data[sample.readable]
         radii = tuple(max(1, int(round(r / s))) if r else 0
                       for r, s in zip(self.background_radii(voxel_size), sample.step))
         valid = None
         if sample.readable is not None:
-            signal[~sample.readable] = np.median(signal[sample.readable])
+            data[~sample.readable] = np.median(data[sample.readable])
             size = tuple(2 * r + 1 for r in background_reach(self.background, radii))
             valid = ~ndi.maximum_filter(~sample.readable, size=size, mode="constant", cval=False)
-        contrast = self.contrast(signal, radii)
+        contrast = self.contrast(data, radii)
         return contrast.ravel() if valid is None else contrast[valid]
 
     def job_values(self) -> dict:
         """The threshold in the image's intensities (with a background: of the background-subtracted image),
         and the exact values the blocks use."""
-        prepared = self.threshold is not None or (self._job is not None and self._job.signal_threshold is not None)
         return {"threshold": self.reported_threshold(), "reference": self.reference,
-                "signal_threshold": self.signal_threshold() if prepared else None}
+                "signal_threshold": self._signal_threshold()}
 
     def reported_threshold(self) -> float | None:
-        if self.threshold is not None or self._job is None or self._job.signal_threshold is None:
+        t = self._signal_threshold()
+        if self.threshold is not None or t is None:
             return self.threshold
-        t = self._job.signal_threshold
         if self.background != "none":
             return t
         return self.reference - t if self.dark_objects else self.reference + t
+
+
+def as_signal(block: np.ndarray, reference: float, dark: bool) -> np.ndarray:
+    """The block as float32 with objects bright, measured from ``reference``: ``block - reference``, or
+    ``reference - block`` for dark objects (exact for integer intensities below 2**24)."""
+    data = np.asarray(block, dtype=np.float32)
+    ref = np.float32(reference)
+    return ref - data if dark else data - ref
