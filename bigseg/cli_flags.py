@@ -53,6 +53,8 @@ def _add_flag(group, name: str, info, dest: str, owners: list[str] | None = None
 
 
 def _choices(annotation) -> list[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(c) for c in typing.get_args(annotation)]
     args = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
     return [str(c) for a in args if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
 

@@ -38,7 +38,9 @@ def test_flags_job_file_and_python_are_one_model(capsys, tmp_path, image2d):
                      "--block", "64,64", "--name", "nuclei", "--min-size", "5um^2")
     from_flags = yaml.safe_load(text)
     assert from_flags["method"] == {"name": "watershed", "sigma": "0.5um", "threshold_method": "otsu",
-                                    "diameter": "6um", "min_size": "5um^2"}
+                                    "diameter": "6um", "min_size": "5um^2", "local_window": 31.0,
+                                    "local_offset": 0.0, "dark_objects": False, "background": "none",
+                                    "background_radius": 20.0, "split": "distance"}
     assert from_flags["blocks"]["shape"] == [64, 64] and from_flags["input"]["url"] == image2d
     job = tmp_path / "job.yaml"
     job.write_text(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from skimage import filters
@@ -14,16 +15,37 @@ from bigseg.blocks import region_text
 SAMPLE_VOXELS = 2**24
 
 
+@dataclass(frozen=True, eq=False)
+class SampleImage:
+    """The job sample as an image: the segmented channel at the sample level (float32), which of its voxels
+    could be read (None: all), and how many voxels of the segmented level one sample voxel spans per axis."""
+
+    data: np.ndarray
+    readable: np.ndarray | None
+    step: tuple[float, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def values(self) -> np.ndarray:
+        """The readable voxels, flat."""
+        return self.data.ravel() if self.readable is None else self.data[self.readable]
+
+
 def job_sample(view) -> np.ndarray:
     """The segmented channel's voxels (flat, float32) at the finest level small enough to read whole (a
     subsample if none is): the data job-wide values (threshold, normalisation) are computed from, once,
     whatever the blocking. Unreadable chunks are left out (see :func:`sample_failures`)."""
-    return _sample(view)[0]
+    return _sample(view).values
+
+
+def sample_image(view) -> SampleImage:
+    """The job sample with its shape (for job-wide values computed from a filtered image)."""
+    return _sample(view)
 
 
 def sample_failures(view) -> tuple[str, ...]:
     """The regions of the sample that could not be read (corrupt chunks, metadata that lies), with why."""
-    return _sample(view)[1]
+    return _sample(view).failures
 
 
 def clear_sample_cache() -> None:
@@ -31,37 +53,47 @@ def clear_sample_cache() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _sample(view) -> tuple[np.ndarray, tuple[str, ...]]:
+def _sample(view) -> SampleImage:
     image = view.image
     for level in range(view.level, len(image.levels)):
         small = view.at_level(level)
         if math.prod(small.shape) <= SAMPLE_VOXELS or level == len(image.levels) - 1:
             break
+    step = tuple(s / v for s, v in zip(small.scale, view.scale))
     if math.prod(small.shape) > SAMPLE_VOXELS:  # no small level: a regular subsample
-        step = math.ceil((math.prod(small.shape) / SAMPLE_VOXELS) ** (1 / small.ndim))
-        region = tuple(slice(None, None, step) for _ in small.shape)
+        every = math.ceil((math.prod(small.shape) / SAMPLE_VOXELS) ** (1 / small.ndim))
+        region = tuple(slice(None, None, every) for _ in small.shape)
+        step = tuple(s * every for s in step)
         try:
-            return np.asarray(small.read(region), np.float32).ravel(), ()
+            data = np.asarray(small.read(region), np.float32)
+            return SampleImage(data, None, step, ())
         except Exception as err:  # noqa: BLE001 - corrupt chunks, metadata that lies about dtype or shape
-            return np.zeros(0, np.float32), (f"a subsample of level {level} ({type(err).__name__}: {err})",)
-    parts, failures = [], []
+            return SampleImage(np.zeros((0,) * small.ndim, np.float32), None, step,
+                               (f"a subsample of level {level} ({type(err).__name__}: {err})",))
+    data = np.zeros(small.shape, np.float32)
+    readable = np.ones(small.shape, bool)
+    failures = []
     for tile in np.ndindex(*(math.ceil(s / c) for s, c in zip(small.shape, small.chunks))):
         region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(tile, small.chunks, small.shape))
         try:  # chunk by chunk, so that one bad chunk is named and the rest still count
-            parts.append(small.read(region).astype(np.float32).ravel())
+            data[region] = small.read(region)
         except Exception as err:  # noqa: BLE001
+            readable[region] = False
             failures.append(f"level {level} region {region_text(region)} ({type(err).__name__}: {err})")
-    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), tuple(failures)
+    return SampleImage(data, readable if failures else None, step, tuple(failures))
 
 
-def global_threshold(view, method: str = "otsu") -> float:
-    """One threshold for the whole job, from :func:`job_sample`."""
-    data = job_sample(view)
-    if float(data.min()) == float(data.max()):
-        return float(data.max())  # constant image: nothing is above the threshold
-    fn = {"otsu": filters.threshold_otsu, "li": filters.threshold_li, "triangle": filters.threshold_triangle,
-          "yen": filters.threshold_yen, "mean": filters.threshold_mean}[method]
-    return float(fn(data))
+#: The job-wide thresholds, by ``method.threshold_method``.
+HISTOGRAM_THRESHOLDS = {"otsu": filters.threshold_otsu, "li": filters.threshold_li,
+                        "triangle": filters.threshold_triangle, "yen": filters.threshold_yen,
+                        "mean": filters.threshold_mean}
+
+
+def histogram_threshold(values: np.ndarray, method: str = "otsu") -> float:
+    """One threshold for the whole job from the sample's (flat) ``values``."""
+    if float(values.min()) == float(values.max()):
+        return float(values.max())  # constant image: nothing is above the threshold
+    return float(HISTOGRAM_THRESHOLDS[method](values))
 
 
 def global_percentiles(view, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:

@@ -5,7 +5,7 @@ import math
 from typing import Annotated, ClassVar
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from bigseg.errors import ParameterError
 from bigseg.stitch_rules import Output, Overlap, StitchRule
@@ -20,6 +20,10 @@ PositiveLength = Annotated[float | str, AfterValidator(check_positive_length)]
 Lengths = Annotated[float | str | list[float | str], AfterValidator(check_length)]
 #: A volume (an area in 2D): voxels (a number) or a physical volume (``"20um^3"``).
 Volume = Annotated[float | str, AfterValidator(check_volume)]
+
+
+#: Parameters of the thresholding methods that another method refuses with a reason of their own.
+THRESHOLDING_PARAMETERS = ("dark_objects",)
 
 
 def describe(text: str, **kwargs):
@@ -44,6 +48,20 @@ class Method(BaseModel):
     min_size: Volume | None = describe(
         f"drop objects smaller than this after stitching (whole objects): {EXAMPLE_VOLUME}; "
         "default: the method's own", default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _thresholding_parameters(cls, data):
+        """A thresholding parameter given to a method without a threshold is refused with why, not as an
+        unknown field."""
+        if isinstance(data, dict):
+            for field in THRESHOLDING_PARAMETERS:
+                if field in data and field not in cls.model_fields:
+                    name = cls.model_fields["name"].default
+                    raise ValueError(f"{field} is for the methods with a threshold (threshold, watershed) and {name} "
+                                     f"has none: drop {field} ({name} takes the image as it is), or choose method "
+                                     "threshold or watershed")
+        return data
 
     def check(self, voxel_size: VoxelSize) -> None:
         """Raise :class:`~bigseg.errors.ParameterError` if the parameters do not fit the image."""

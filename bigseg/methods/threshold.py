@@ -13,14 +13,16 @@ from bigseg.units import VoxelSize
 
 
 class Threshold(Classical):
-    """Foreground = smoothed image above a global threshold; objects = its connected components.
+    """Foreground = the filtered image (see :mod:`bigseg.methods._classical`) above its threshold; objects =
+    its connected components.
 
-    Block-wise results equal the monolithic run exactly (up to renumbering): smoothing is exact
-    with a halo of 4 sigma, and components are joined across blocks where they touch.
+    Block-wise results equal the monolithic run exactly (up to renumbering): every filter is exact with
+    the halo of :meth:`filter_reach`, and components are joined across blocks where they touch.
     """
 
     name: Literal["threshold"] = "threshold"
-    description = "smoothing, one global threshold, connected components (exact block-wise)"
+    description = ("smoothing, a job-wide or local threshold (optionally after background subtraction), connected "
+                   "components (exact block-wise)")
     connectivity: int | None = describe("1 = voxels touch by faces only; the image's ndim = faces, edges and "
                                         "corners (default)", default=None, ge=1, le=3)
 
@@ -28,7 +30,7 @@ class Threshold(Classical):
         return Touch(min(self.connectivity or ndim, ndim))
 
     def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
-        return self.smoothing_radius(voxel_size)
+        return self.filter_reach(voxel_size)
 
     def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
         return measure.label(self.foreground(block, voxel_size), connectivity=self.stitch_rule(block.ndim).connectivity)

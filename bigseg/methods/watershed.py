@@ -1,4 +1,5 @@
-"""``watershed``: threshold, then a distance-transform seeded watershed to split touching nuclei."""
+"""``watershed``: threshold, then a seeded watershed (of the distance transform, or of the intensity gradient)
+to split touching nuclei."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import measure, segmentation
+from skimage import filters, measure, segmentation
 
 from bigseg.methods._classical import Classical
 from bigseg.methods.base import Length, PositiveLength, describe, length_help
@@ -20,12 +21,19 @@ class Watershed(Classical):
     ``diameter`` is the expected object diameter: it sets the halo (2 diameters plus the smoothing), the
     seed spacing (diameter / 4) and, unless given, ``min_size`` (10% of a ball), per axis with the voxel
     size. The distance transform is measured in physical units (``sampling=`` the voxel size).
+    ``split: gradient`` floods the Sobel magnitude of the filtered image from the same seeds instead, so that
+    boundaries follow intensity edges (one voxel more halo).
     """
 
     name: Literal["watershed"] = "watershed"
-    description = "smoothing, one global threshold, touching objects split by a distance-transform watershed"
+    description = ("smoothing, a job-wide or local threshold, touching objects split by a watershed of the "
+                   "distance transform or the intensity gradient")
     diameter: PositiveLength = describe(length_help("expected object diameter"), default=12.0)
     min_distance: Length | None = describe(length_help("seed spacing; default diameter / 4"), default=None)
+    split: Literal["distance", "gradient"] = describe(
+        "how touching objects are split: distance = watershed of the foreground's distance transform; gradient "
+        "= region growing from the same seeds over the intensity gradient (Sobel magnitude of the smoothed "
+        "image), for objects whose boundaries are edges", default="distance")
 
     def diameter_voxels(self, voxel_size: VoxelSize) -> tuple[float, ...]:
         return self.voxels(self.diameter, voxel_size, "method.diameter")
@@ -36,8 +44,9 @@ class Watershed(Classical):
         return int(0.1 * ball)
 
     def halo(self, voxel_size: VoxelSize) -> tuple[int, ...]:
-        return tuple(r + int(math.ceil(2 * d))
-                     for r, d in zip(self.smoothing_radius(voxel_size), self.diameter_voxels(voxel_size)))
+        sobel = 1 if self.split == "gradient" else 0
+        return tuple(r + sobel + int(math.ceil(2 * d))
+                     for r, d in zip(self.filter_reach(voxel_size), self.diameter_voxels(voxel_size)))
 
     def seed_radius(self, voxel_size: VoxelSize) -> tuple[int, ...]:
         if self.min_distance is not None:
@@ -46,17 +55,21 @@ class Watershed(Classical):
         return tuple(max(1, int(round(d / 4))) for d in self.diameter_voxels(voxel_size))
 
     def __call__(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
-        return split_touching(self.foreground(block, voxel_size), self.seed_radius(voxel_size), voxel_size.spacing)
+        image = self.filtered(block, voxel_size)
+        fg = self.above_threshold(image, voxel_size)
+        relief = filters.sobel(image) if self.split == "gradient" else None
+        return split_touching(fg, self.seed_radius(voxel_size), voxel_size.spacing, relief)
 
 
-def split_touching(fg: np.ndarray, seed_radius: int | tuple[int, ...], spacing=None) -> np.ndarray:
-    """Objects of a foreground mask, touching ones split by a watershed of the distance transform (in units of
-    ``spacing``) seeded at the plateaus of its local maxima (within ``seed_radius`` voxels per axis): local
-    and shift-invariant."""
+def split_touching(fg: np.ndarray, seed_radius: int | tuple[int, ...], spacing=None,
+                   relief: np.ndarray | None = None) -> np.ndarray:
+    """Objects of a foreground mask, touching ones split by a watershed seeded at the plateaus of the local
+    maxima (within ``seed_radius`` voxels per axis) of the distance transform (in units of ``spacing``): local
+    and shift-invariant. The watershed floods ``relief`` (default: the negated distance transform)."""
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     dist = ndi.distance_transform_edt(fg, sampling=spacing).astype(np.float32)
     radius = (seed_radius,) * fg.ndim if isinstance(seed_radius, int) else tuple(seed_radius)
     peaks = (dist == ndi.maximum_filter(dist, size=tuple(2 * r + 1 for r in radius), mode="nearest")) & fg
     markers = measure.label(peaks, connectivity=fg.ndim)
-    return segmentation.watershed(-dist, markers, mask=fg)
+    return segmentation.watershed(-dist if relief is None else relief, markers, mask=fg)
