@@ -64,9 +64,8 @@ def merge_objects(task: MergeTask) -> int:
         present = np.flatnonzero(merged["count"])
         merged, blocks = measure.take(merged, present), blocks[present]
     else:  # no boundary objects at all: an empty part, which gives the table its columns
-        shape, channel_names = task.table_args[2], task.table_args[3]
-        merged, blocks, present = measure.empty_partials(len(shape), len(channel_names)), np.zeros(0, np.int64), \
-            np.zeros(0, np.int64)
+        present = blocks = np.zeros(0, np.int64)
+        merged = measure.empty_partials(len(task.table_args[2]), len(task.table_args[3]))
     label = task.first_label + present
     if task.table_args is None:
         store.save_arrays(task.out_url, {**merged, "label": label, "blocks": blocks})
@@ -91,12 +90,15 @@ def merge_steps(lookup, files, table_args: tuple, objects_per_task: int | None =
     task_of_row[kept] = (labels[kept] - 1) // per_task
     order = np.argsort(task_of_row, kind="stable")  # by task, then block, then row
     ends = np.cumsum(np.bincount(task_of_row, minlength=n_tasks + 1))
-    row_dtype = np.min_scalar_type(int(np.diff(prefix).max(initial=0)))
+    rows_per_block = np.diff(prefix)
+    row_dtype = np.min_scalar_type(int(rows_per_block.max(initial=0)))
+    block_of_row = np.repeat(np.arange(rows_per_block.size, dtype=np.min_scalar_type(rows_per_block.size)),
+                             rows_per_block)
     label_dtype = np.min_scalar_type(per_task)
     steps: list[list[MergeTask]] = [[]]
     for t in range(n_tasks):
         rows = order[ends[t - 1] if t else 0:ends[t]]
-        block = np.searchsorted(prefix, rows, side="right") - 1
+        block = block_of_row[rows]
         starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True])
         first = 1 + t * per_task
         sources = [(files.boundary_stats(int(block[s])), s, e) for s, e in zip(starts[:-1], starts[1:])] \
@@ -109,27 +111,23 @@ def merge_steps(lookup, files, table_args: tuple, objects_per_task: int | None =
 
 def _add(steps: list, rows: np.ndarray, labels: np.ndarray, sources: list, first: int, n: int, out_url: str,
          table_args: tuple, files, per_read: int) -> None:
-    """Add the tasks that merge ``sources`` (blocks' files with their rows' span) into one table part."""
+    """Add the tasks that merge ``sources`` (a block's file, with the span of its rows in ``rows``) into one
+    table part: in steps of ``per_read`` files while there are more."""
     level, merged = 0, []
-    while len(sources) > per_read or len(merged) > per_read:
+    while max(len(sources), len(merged)) > per_read:  # one of the two is empty
         if len(steps) == level + 1:
             steps.append([])
-        groups = [sources[i:i + per_read] for i in range(0, len(sources), per_read)] if sources else \
-            [merged[i:i + per_read] for i in range(0, len(merged), per_read)]
         outs = []
-        for group in groups:
+        for i in range(0, max(len(sources), len(merged)), per_read):
             outs.append(files.merged_stats(level, len(steps[level])))
-            steps[level].append(_task(rows, labels, group if sources else [], () if sources else group, first, n,
+            steps[level].append(_task(rows, labels, sources[i:i + per_read], merged[i:i + per_read], first, n,
                                       outs[-1], None))
         sources, merged, level = [], outs, level + 1
     steps[level].append(_task(rows, labels, sources, merged, first, n, out_url, table_args))
 
 
 def _task(rows, labels, sources, merged, first, n, out_url, table_args) -> MergeTask:
-    if not sources:
-        return MergeTask((), np.zeros(1, np.int64), rows[:0], labels[:0], tuple(merged), first, n, out_url,
-                         table_args)
-    lo, hi = sources[0][1], sources[-1][2]
+    lo, hi = (sources[0][1], sources[-1][2]) if sources else (0, 0)
     starts = np.array([s for _, s, _ in sources] + [hi], np.int64) - lo
     return MergeTask(tuple(u for u, _, _ in sources), starts, rows[lo:hi], labels[lo:hi], tuple(merged), first,
                      n, out_url, table_args)

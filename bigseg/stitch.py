@@ -166,7 +166,7 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges, min_size: int) 
         k[s.block_id], n[s.block_id] = s.n_boundary, s.n_fragments
     prefix = np.concatenate([[0], np.cumsum(k)])
     total = int(prefix[-1])
-    src, dst, dropped = _fragment_pairs(edges, prefix, k)
+    src, dst, dropped = fragment_pairs(edges, prefix, k)
     n_comp, comp = components(src, dst, total)
     del src, dst
     counts = [s.counts for s in summaries if s.n_boundary]
@@ -200,26 +200,43 @@ def components(src: np.ndarray, dst: np.ndarray, total: int) -> tuple[int, np.nd
     return n_comp, comp
 
 
-def _fragment_pairs(edges, prefix: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fragment_pairs(edges, prefix: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edge rows as pairs of global fragment indices (fragments of block b: prefix[b]..prefix[b+1]-1), less
-    the pairs with a dropped fragment, and which fragments are dropped."""
+    the pairs with a dropped fragment, and which fragments are dropped. ``edges``: one array of rows, or a list
+    of them (taken about ``EDGE_BATCH`` rows at a time: few copies of the edges on the client at once)."""
     total = int(prefix[-1])
     index = np.int32 if total < 2**31 else np.int64
-    parts = [edges] if isinstance(edges, np.ndarray) else list(edges)
     dropped = np.zeros(total, bool)
     src, dst = [np.zeros(0, index)], [np.zeros(0, index)]
-    for part in parts:
-        part = np.asarray(part).reshape(-1, EDGE_COLUMNS).astype(np.int64, copy=False)
-        drops = part[:, 2] == DROP
-        dropped[prefix[part[drops, 0]] + part[drops, 1] - 1] = True
-        part = part[~drops]
-        if np.any(part[:, 1] > k[part[:, 0]]) or np.any(part[:, 3] > k[part[:, 2]]):
+    for batch in _batches([edges] if isinstance(edges, np.ndarray) else edges):
+        drops = batch[:, 2] == DROP
+        if drops.any():
+            dropped[prefix[batch[drops, 0]] + batch[drops, 1] - 1] = True
+            batch = batch[~drops]
+        if np.any(batch[:, 1] > k[batch[:, 0]]) or np.any(batch[:, 3] > k[batch[:, 2]]):
             raise AssertionError("an edge names a fragment that is not a boundary fragment")
-        src.append((prefix[part[:, 0]] + part[:, 1] - 1).astype(index))
-        dst.append((prefix[part[:, 2]] + part[:, 3] - 1).astype(index))
+        src.append((prefix[batch[:, 0]] + batch[:, 1] - 1).astype(index))
+        dst.append((prefix[batch[:, 2]] + batch[:, 3] - 1).astype(index))
     src, dst = np.concatenate(src), np.concatenate(dst)
     joined = ~(dropped[src] | dropped[dst])  # a dropped sliver joins nothing
     return src[joined], dst[joined], dropped
+
+
+#: Edge rows converted at a time by :func:`fragment_pairs`.
+EDGE_BATCH = 2**20
+
+
+def _batches(parts):
+    """The rows of ``parts`` (arrays of edge rows) as int64 arrays of about ``EDGE_BATCH`` rows."""
+    pending, rows = [], 0
+    for part in parts:
+        pending.append(np.asarray(part).reshape(-1, EDGE_COLUMNS))
+        rows += len(pending[-1])
+        if rows >= EDGE_BATCH:
+            yield np.concatenate(pending).astype(np.int64, copy=False)
+            pending, rows = [], 0
+    if pending:
+        yield np.concatenate(pending).astype(np.int64, copy=False)
 
 
 def _id_dtype(n: int) -> np.dtype:
