@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bigseg import measure
 from bigseg.io import store
 from bigseg.io import table as table_io
+
+if TYPE_CHECKING:
+    from bigseg.segment_blocks import JobFiles
+    from bigseg.stitch import Lookup
 
 #: Objects (consecutive labels) per task.
 OBJECTS_PER_TASK = 20000
@@ -76,7 +81,7 @@ def merge_objects(task: MergeTask) -> int:
     return int(present.size)
 
 
-def merge_steps(lookup, files, table_args: tuple, objects_per_task: int | None = None,
+def merge_steps(lookup: Lookup, files: JobFiles, table_args: tuple, objects_per_task: int | None = None,
                 blocks_per_task: int | None = None) -> list[list[MergeTask]]:
     """The tasks that measure ``lookup``'s boundary objects (or a class map's classes), step by step: a step's
     tasks read what the steps before it wrote. At least one task: with no such object it writes an empty part."""
@@ -110,7 +115,7 @@ def merge_steps(lookup, files, table_args: tuple, objects_per_task: int | None =
 
 
 def _add(steps: list, rows: np.ndarray, labels: np.ndarray, sources: list, first: int, n: int, out_url: str,
-         table_args: tuple, files, per_read: int) -> None:
+         table_args: tuple, files: JobFiles, per_read: int) -> None:
     """Add the tasks that merge ``sources`` (a block's file, with the span of its rows in ``rows``) into one
     table part: in steps of ``per_read`` files while there are more."""
     level, merged = 0, []
