@@ -30,9 +30,7 @@ from bigseg.segment_blocks import BlockSummary  # noqa: E402
 def _record(i: int) -> bytes:
     rng = np.random.default_rng(i)
     n = 1 + i % 8
-    boundary = {"count": rng.integers(1, 1000, n), "coord_sum": rng.random((n, 3)), "sum": rng.random((n, 1)),
-                "bbox_min": rng.integers(0, 99, (n, 3)), "bbox_max": rng.integers(0, 99, (n, 3))}
-    return records.encode(BlockSummary(i, n + 3, n, boundary, 0.5))[1]
+    return records.encode(BlockSummary(i, n + 3, n, rng.integers(1, 1000, n).astype(np.uint16), 0.5))[1]
 
 
 def _write(journal: Journal, n: int) -> None:

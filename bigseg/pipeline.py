@@ -2,8 +2,8 @@
 
 open -> plan -> segment blocks -> stitch -> relabel -> pyramid -> measure -> finalize.
 
-The client sends small task descriptions and receives per-block summaries (counts, statistics of
-boundary fragments, edges); voxels move only between workers and storage.
+The client sends small task descriptions and receives per-block summaries (counts of boundary fragments)
+and edges; voxels and statistics move only between workers and storage.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from bigseg import measure
+from bigseg import measure, measure_merge
 from bigseg.foreground import ForegroundMask, foreground_blocks
 from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
@@ -36,7 +36,7 @@ from bigseg.qc import write_overlay
 from bigseg.pyramid import DownsampleTask, downsample, regions
 from bigseg.relabel import RelabelTask, relabel_block
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
-from bigseg.stitch import no_edges, resolve, resolve_classes
+from bigseg.stitch import resolve, resolve_classes
 from bigseg.stitch_rules import Output
 
 log = logging.getLogger(__name__)
@@ -261,14 +261,13 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     table_args = (view.scale, view.translation, view.shape, channel_names)
     if not published:
         with stages.local("measure"):
-            df = measure.table(lookup.boundary_partials, lookup.boundary_labels,
-                               lookup.boundary_blocks_spanned, *table_args[:3], list(channel_names))
-            table_io.write_part(df, table_io.part_url(files.table_parts, 0))
-        measure_tasks = [measure.MeasureTask(files.interior_stats(b.id),
-                                             table_io.part_url(files.table_parts, b.id + 1),
-                                             int(lookup.interior_base[b.id]) + 1, *table_args)
-                         for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
-        stages.run("measure", measure.measure_block, measure_tasks, results=False)
+            merges = measure_merge.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
+        interior = [measure.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
+                                        int(lookup.interior_base[b.id]) + 1, *table_args)
+                    for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
+        for i, tasks in enumerate([merges[0] + interior, *merges[1:]]):  # later steps: merges of many blocks
+            stages.run("measure", measure_merge.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
+                       results=False)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):
@@ -294,7 +293,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:
     """Summaries of every block in block order: background blocks (not segmented) have no fragments."""
     by_id = {s.block_id: s for s in segmented}
-    return [by_id.get(i) or BlockSummary(i, 0, 0, {}, 0.0) for i in range(len(grid))]
+    return [by_id.get(i) or BlockSummary.empty(i) for i in range(len(grid))]
 
 
 def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
@@ -303,12 +302,11 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
     grid, view, method = plan.grid, plan.view, plan.method
     if method.output() is Output.CLASSES:
         with stages.local("stitch"):
-            return resolve_classes(summaries, len(grid), view.ndim, len(view.channel_names))
+            return resolve_classes(summaries, len(grid))
     fn, tasks = method.stitch_rule(view.ndim).edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)
     edges = stages.run("stitch", fn, tasks)
     with stages.local("stitch"):
-        return resolve(summaries, len(grid), np.concatenate([no_edges(), *edges]), plan.min_size, view.ndim,
-                       len(view.channel_names))
+        return resolve(summaries, len(grid), edges, plan.min_size)
 
 
 def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:

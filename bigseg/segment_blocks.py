@@ -2,8 +2,11 @@
 
 A task reads its block with the halo, runs the method, keeps the labels of its core as *fragments*
 (local ids: those touching a shared face first, 1..k, then interior ones k+1..n), writes them to the
-job's fragments array, writes what stitching needs from the halo, and returns a small
-:class:`BlockSummary`. Interior fragments are whole objects, so their statistics go straight to disk.
+job's fragments array, writes what stitching needs from the halo and every fragment's statistics
+(interior and boundary fragments apart), and returns a small :class:`BlockSummary`: counts only, so the
+client stays small however many blocks a job has. Interior fragments are whole objects, measured block by
+block; the boundary fragments' statistics are merged on the workers once stitching has numbered the objects
+(:mod:`bigseg.measure_merge`).
 """
 from __future__ import annotations
 
@@ -38,6 +41,14 @@ class JobFiles:
     def interior_stats(self, block_id: int) -> str:
         return store.join(self.work_url, "stats", f"{block_id}.npz")
 
+    def boundary_stats(self, block_id: int) -> str:
+        """The partials of a block's boundary fragments 1..k (of a class map: its classes present, in order)."""
+        return store.join(self.work_url, "boundary-stats", f"{block_id}.npz")
+
+    def merged_stats(self, step: int, index: int) -> str:
+        """The partials of one task of a merge step that takes more than one step (objects in many blocks)."""
+        return store.join(self.work_url, "merged-stats", str(step), f"{index}.npz")
+
     @property
     def table_parts(self) -> str:
         return store.join(self.work_url, "table")
@@ -56,14 +67,23 @@ class SegmentTask:
 
 @dataclass(frozen=True)
 class BlockSummary:
-    """What a block task returns to the client: counts and the statistics of boundary fragments only."""
+    """What a block task returns to the client: counts only (the statistics stay in the work folder).
+
+    ``counts[i]`` is the voxel count of boundary fragment i + 1 (of a class map: of class i + 1, 0 where
+    the block lacks it), in the smallest unsigned dtype that holds it: stitching judges ``min_size`` on whole
+    objects from these."""
 
     block_id: int
     n_fragments: int
     n_boundary: int
-    boundary: dict
+    counts: np.ndarray
     seconds: float
     error: str | None = None  # why the block was skipped (unreadable input, with --skip-bad-blocks)
+
+    @classmethod
+    def empty(cls, block_id: int, seconds: float = 0.0, error: str | None = None) -> "BlockSummary":
+        """A block without fragments (background, or skipped because of ``error``)."""
+        return cls(block_id, 0, 0, np.zeros(0, np.uint8), seconds, error)
 
 
 def segment_block(task: SegmentTask) -> BlockSummary:
@@ -75,7 +95,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or missing chunks
         message = f"{where}: cannot read the input ({type(err).__name__}: {err})"
         if task.skip_unreadable:
-            return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0, message)
+            return BlockSummary.empty(block.id, time.perf_counter() - t0, message)
         raise BlockError(message + "; repair the image, or pass --skip-bad-blocks to leave such blocks "
                          "unlabelled") from None
     if extended.dtype.kind == "f" and not np.isfinite(extended).all():
@@ -95,7 +115,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     core = rule.fragments(core)
     lut, n, k = _renumber(core, grid.shared_faces(block.index), task.min_size)
     if n == 0:
-        return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
+        return BlockSummary.empty(block.id, time.perf_counter() - t0)
     fragments = lut[core]
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
     if rule.keeps_halo:  # what stitching compares; kept whenever the core has fragments
@@ -103,7 +123,14 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     partials = measure.block_partials(fragments, _channels(task, extended), block.origin, n)
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
-    return BlockSummary(block.id, n, k, measure.take(partials, slice(0, k)), time.perf_counter() - t0)
+    if k:
+        store.save_arrays(task.files.boundary_stats(block.id), measure.take(partials, slice(0, k)))
+    return BlockSummary(block.id, n, k, compact(partials["count"][:k]), time.perf_counter() - t0)
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the smallest unsigned dtype that holds them."""
+    return values.astype(np.min_scalar_type(int(values.max(initial=0))))
 
 
 def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.ndarray:
@@ -133,20 +160,23 @@ def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:
 
 
 def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarray, t0: float) -> BlockSummary:
-    """A semantic class map: class numbers are the final ids, so the core is written as it is and only
-    per-class statistics go back (fragments 1..m = classes 1..m, m the block's largest class)."""
+    """A semantic class map: class numbers are the final ids, so the core is written as it is; the per-class
+    statistics (of the classes present, in order) go to the work folder and their counts back
+    (fragments 1..m = classes 1..m, m the block's largest class)."""
     block = task.block
     present = np.unique(classes)
     present = present[present > 0]
     if present.size == 0:
-        return BlockSummary(block.id, 0, 0, {}, time.perf_counter() - t0)
+        return BlockSummary.empty(block.id, time.perf_counter() - t0)
     m = int(present[-1])
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = classes.astype(np.uint32)
     lut = np.zeros(m + 1, np.uint32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
     partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size)
-    partials["class"] = present.astype(np.int64)
-    return BlockSummary(block.id, m, m, partials, time.perf_counter() - t0)
+    store.save_arrays(task.files.boundary_stats(block.id), partials)
+    counts = np.zeros(m, np.int64)
+    counts[present - 1] = partials["count"]
+    return BlockSummary(block.id, m, m, compact(counts), time.perf_counter() - t0)
 
 
 def _renumber(core: np.ndarray, faces: list[tuple[int, int]], min_size: int) -> tuple[np.ndarray, int, int]:

@@ -27,7 +27,6 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from bigseg import measure
 from bigseg.blocks import BlockGrid, intersect
 from bigseg.io import store
 from bigseg.io.ome import open_array
@@ -143,76 +142,120 @@ def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 @dataclass(frozen=True)
 class Lookup:
     """Final ids. Boundary fragments: ``boundary_ids[block]`` (0 = dropped as too small);
-    interior fragment j of a block: ``interior_base[block] + j - n_boundary[block]``."""
+    interior fragment j of a block: ``interior_base[block] + j - n_boundary[block]``.
+
+    The objects of the blocks' boundary statistics (:meth:`~bigseg.segment_blocks.JobFiles.boundary_stats`):
+    row i of block b's file is object ``row_labels[row_prefix[b] + i]`` (0 = dropped), for the measure stage
+    to merge on the workers. Arrays in compact dtypes: the client holds a few bytes per boundary fragment."""
 
     n_objects: int
     n_boundary_objects: int
     boundary_ids: dict[int, np.ndarray]
     interior_base: np.ndarray
-    boundary_partials: dict
-    boundary_blocks_spanned: np.ndarray
-    boundary_labels: np.ndarray  # the final id of each row of boundary_partials
+    row_labels: np.ndarray
+    row_prefix: np.ndarray
 
 
-def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min_size: int,
-            ndim: int, n_channels: int) -> Lookup:
-    """Union the boundary fragments along ``edges``, merge their statistics and number all objects."""
+def resolve(summaries: list[BlockSummary], n_blocks: int, edges, min_size: int) -> Lookup:
+    """Union the boundary fragments along ``edges`` (one array of edge rows, or a list of them), judge
+    ``min_size`` on the whole objects' voxel counts and number all objects."""
+    summaries = sorted(summaries, key=lambda s: s.block_id)
     k = np.zeros(n_blocks, np.int64)
     n = np.zeros(n_blocks, np.int64)
     for s in summaries:
         k[s.block_id], n[s.block_id] = s.n_boundary, s.n_fragments
     prefix = np.concatenate([[0], np.cumsum(k)])
     total = int(prefix[-1])
-    dropped = np.zeros(total, bool)
-    drops = edges[edges[:, 2] == DROP]
-    dropped[prefix[drops[:, 0]] + drops[:, 1] - 1] = True
-    edges = edges[edges[:, 2] != DROP]
-    if np.any(edges[:, 1] > k[edges[:, 0]]) or np.any(edges[:, 3] > k[edges[:, 2]]):
-        raise AssertionError("an edge names a fragment that is not a boundary fragment")
-    src = prefix[edges[:, 0]] + edges[:, 1] - 1
-    dst = prefix[edges[:, 2]] + edges[:, 3] - 1
-    joined = ~(dropped[src] | dropped[dst])  # a dropped sliver joins nothing
-    src, dst = src[joined], dst[joined]
-    graph = coo_matrix((np.ones(src.size, np.int8), (src, dst)), shape=(total, total))
-    n_comp, comp = connected_components(graph, directed=False)
-    # number components in order of their first fragment (block order): deterministic ids
-    first = np.full(n_comp, total, np.int64)
-    np.minimum.at(first, comp, np.arange(total))
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(n_comp, np.int64)
-    rank[order] = np.arange(n_comp)
-    comp = rank[comp]
-    parts = [s.boundary for s in sorted(summaries, key=lambda s: s.block_id) if s.n_boundary]
-    partials = measure.concat(parts) if parts else measure.empty_partials(ndim, n_channels)
-    merged = measure.merge(partials, comp, n_comp)
-    block_of_fragment = np.repeat(np.arange(n_blocks), k)
-    spanned = np.bincount(np.unique(np.stack([comp, block_of_fragment], 1), axis=0)[:, 0], minlength=n_comp) \
-        if total else np.zeros(0, np.int64)
-    kept = merged["count"] >= min_size
+    src, dst, dropped = fragment_pairs(edges, prefix, k)
+    n_comp, comp = components(src, dst, total)
+    del src, dst
+    counts = [s.counts for s in summaries if s.n_boundary]
+    sizes = np.bincount(comp, weights=np.concatenate(counts) if counts else None, minlength=n_comp)
+    kept = sizes >= min_size
     kept[comp[dropped]] = False  # slivers are singletons: dropping them drops nothing else
-    final = np.zeros(n_comp, np.int64)
-    final[kept] = np.arange(1, kept.sum() + 1)
-    fragment_ids = final[comp]
     n_boundary_objects = int(kept.sum())
+    final = np.zeros(n_comp, _id_dtype(n_boundary_objects))
+    final[kept] = np.arange(1, n_boundary_objects + 1)
+    fragment_ids = final[comp]
+    del comp
     interior = n - k
     base = n_boundary_objects + np.concatenate([[0], np.cumsum(interior)[:-1]])
-    boundary_ids = {b: fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
+    boundary_ids = {int(b): fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
     return Lookup(int(n_boundary_objects + interior.sum()), n_boundary_objects, boundary_ids, base,
-                  measure.take(merged, kept), spanned[kept], np.arange(1, n_boundary_objects + 1))
+                  fragment_ids, prefix)
 
 
-def resolve_classes(summaries: list[BlockSummary], n_blocks: int, ndim: int, n_channels: int) -> Lookup:
-    """The ``class`` rule: fragment i of every block is class i (identity lookup); statistics merge by class."""
-    parts = [s.boundary for s in summaries if s.n_fragments]
-    if not parts:
-        return Lookup(0, 0, {}, np.zeros(n_blocks, np.int64), measure.empty_partials(ndim, n_channels),
-                      np.zeros(0, np.int64), np.zeros(0, np.int64))
-    partials = measure.concat(parts)
-    classes = partials.pop("class")
-    n_classes = int(classes.max())
-    merged = measure.merge(partials, classes - 1, n_classes)
-    present = merged["count"] > 0
-    spanned = np.bincount(classes - 1, minlength=n_classes)
-    boundary_ids = {s.block_id: np.arange(1, s.n_boundary + 1) for s in summaries if s.n_fragments}
-    return Lookup(int(present.sum()), int(present.sum()), boundary_ids, np.zeros(n_blocks, np.int64),
-                  measure.take(merged, present), spanned[present], np.flatnonzero(present) + 1)
+def components(src: np.ndarray, dst: np.ndarray, total: int) -> tuple[int, np.ndarray]:
+    """Connected components of ``total`` fragments joined by the pairs (src, dst), numbered in order of
+    their first fragment (block order): deterministic ids."""
+    graph = coo_matrix((np.ones(src.size, np.int8), (src, dst)), shape=(total, total))
+    n_comp, comp = connected_components(graph, directed=False)
+    del graph
+    first = np.full(n_comp, total, comp.dtype)
+    np.minimum.at(first, comp, np.arange(total, dtype=comp.dtype))
+    if np.any(first[1:] < first[:-1]):
+        rank = np.empty(n_comp, comp.dtype)
+        rank[np.argsort(first, kind="stable")] = np.arange(n_comp, dtype=comp.dtype)
+        comp = rank[comp]
+    return n_comp, comp
+
+
+def fragment_pairs(edges, prefix: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edge rows as pairs of global fragment indices (fragments of block b: prefix[b]..prefix[b+1]-1), less
+    the pairs with a dropped fragment, and which fragments are dropped. ``edges``: one array of rows, or a list
+    of them (taken about ``EDGE_BATCH`` rows at a time: few copies of the edges on the client at once)."""
+    total = int(prefix[-1])
+    index = np.int32 if total < 2**31 else np.int64
+    dropped = np.zeros(total, bool)
+    src, dst = [np.zeros(0, index)], [np.zeros(0, index)]
+    for batch in _batches([edges] if isinstance(edges, np.ndarray) else edges):
+        drops = batch[:, 2] == DROP
+        if drops.any():
+            dropped[prefix[batch[drops, 0]] + batch[drops, 1] - 1] = True
+            batch = batch[~drops]
+        if np.any(batch[:, 1] > k[batch[:, 0]]) or np.any(batch[:, 3] > k[batch[:, 2]]):
+            raise AssertionError("an edge names a fragment that is not a boundary fragment")
+        src.append((prefix[batch[:, 0]] + batch[:, 1] - 1).astype(index))
+        dst.append((prefix[batch[:, 2]] + batch[:, 3] - 1).astype(index))
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    joined = ~(dropped[src] | dropped[dst])  # a dropped sliver joins nothing
+    return src[joined], dst[joined], dropped
+
+
+#: Edge rows converted at a time by :func:`fragment_pairs`.
+EDGE_BATCH = 2**20
+
+
+def _batches(parts):
+    """The rows of ``parts`` (arrays of edge rows) as int64 arrays of about ``EDGE_BATCH`` rows."""
+    pending, rows = [], 0
+    for part in parts:
+        pending.append(np.asarray(part).reshape(-1, EDGE_COLUMNS))
+        rows += len(pending[-1])
+        if rows >= EDGE_BATCH:
+            yield np.concatenate(pending).astype(np.int64, copy=False)
+            pending, rows = [], 0
+    if pending:
+        yield np.concatenate(pending).astype(np.int64, copy=False)
+
+
+def _id_dtype(n: int) -> np.dtype:
+    return np.dtype(np.uint32 if n < 2**32 else np.uint64)
+
+
+def resolve_classes(summaries: list[BlockSummary], n_blocks: int) -> Lookup:
+    """A semantic class map: fragment i of every block is class i (identity lookup); the objects are the
+    classes present anywhere, their statistics merged by class on the workers."""
+    summaries = sorted((s for s in summaries if s.n_fragments), key=lambda s: s.block_id)
+    n_classes = max((s.n_fragments for s in summaries), default=0)
+    dtype = _id_dtype(n_classes)
+    ids = np.arange(1, n_classes + 1, dtype=dtype)
+    boundary_ids = {s.block_id: ids[:s.n_fragments] for s in summaries}
+    present = [np.flatnonzero(s.counts).astype(dtype) + 1 for s in summaries]
+    rows = np.zeros(n_blocks, np.int64)
+    for s, p in zip(summaries, present):
+        rows[s.block_id] = p.size
+    row_labels = np.concatenate(present) if present else np.zeros(0, dtype)
+    n_present = int(np.count_nonzero(np.bincount(row_labels, minlength=1)[1:]))
+    return Lookup(n_present, n_present, boundary_ids, np.zeros(n_blocks, np.int64), row_labels,
+                  np.concatenate([[0], np.cumsum(rows)]))

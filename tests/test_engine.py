@@ -41,7 +41,7 @@ def _same(a, b) -> bool:
         return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, BlockSummary):
         return type(b) is BlockSummary and all(_same(getattr(a, f), getattr(b, f)) for f in
-                                               ("block_id", "n_fragments", "n_boundary", "boundary", "seconds",
+                                               ("block_id", "n_fragments", "n_boundary", "counts", "seconds",
                                                 "error"))
     return type(a) is type(b) and a == b
 
@@ -50,10 +50,7 @@ def _same(a, b) -> bool:
 
 def _summary(n: int = 3, error: str | None = None) -> BlockSummary:
     rng = np.random.default_rng(n)
-    boundary = {"count": rng.integers(1, 100, n).astype(np.int64), "coord_sum": rng.random((n, 3)),
-                "bbox_min": rng.integers(0, 50, (n, 3)), "sum": rng.random((n, 2)).astype(np.float32),
-                "class": np.arange(1, n + 1, dtype=np.int64)}
-    return BlockSummary(7, n + 4, n, boundary, 0.25, error)
+    return BlockSummary(7, n + 4, n, rng.integers(1, 60000, n).astype(np.uint16), 0.25, error)
 
 
 @pytest.mark.parametrize("value, suffix", [
@@ -62,8 +59,8 @@ def _summary(n: int = 3, error: str | None = None) -> BlockSummary:
     (no_edges(), ".npz"),
     (np.array([[1, 2, 3, 0, 5], [4, 5, 6, 1, 2]], np.int64)[:, :EDGE_COLUMNS], ".npz"),
     (np.uint32(7), ".npz"), (np.zeros((0, 3), np.float32), ".npz"),
-    (BlockSummary(0, 0, 0, {}, 0.01), ".json"),
-    (BlockSummary(9, 0, 0, {}, 0.0, "block 9 [0:48, 4:92]: cannot read the input (OSError: x)"), ".json"),
+    (BlockSummary.empty(0, 0.01), ".npz"),
+    (BlockSummary.empty(9, 0.0, "block 9 [0:48, 4:92]: cannot read the input (OSError: x)"), ".npz"),
     (_summary(), ".npz"), (_summary(1, "an error"), ".npz"),
     ({"nested": [_summary(2), (np.arange(3), None)]}, ".npz"),
 ])

@@ -403,4 +403,4 @@ def test_cli_job_on_s3_killed_resumes_identically_and_never_writes_the_secret(cl
     secret = s3_.secret.encode()
     assert not [p for p, data in {**during, **after}.items() if secret in data or s3_.key.encode() in data]
     assert not [p for p in logs if secret in p.read_bytes()]
-    assert any(p.endswith("measurements.parquet/part-000000000.parquet") for p in after)
+    assert any(p.endswith("measurements.parquet/part-000000000-000000000.parquet") for p in after)

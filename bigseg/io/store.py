@@ -118,6 +118,20 @@ def load_arrays(url: str) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
+def iter_arrays(urls: list[str], batch: int = 64):
+    """The named arrays of .npz files ``urls`` (all on one file system), in order, read ``batch`` at a time
+    with one call (concurrent on object stores)."""
+    if not urls:
+        return
+    fs, _ = filesystem(urls[0])
+    for start in range(0, len(urls), batch):
+        paths = [filesystem(u)[1] for u in urls[start:start + batch]]
+        data = fs.cat(paths)
+        for path in paths:
+            with np.load(io.BytesIO(data[path])) as npz:
+                yield {k: npz[k] for k in npz.files}
+
+
 def save_array(url: str, array: np.ndarray) -> None:
     """Write one array as a .npy file (written whole, then renamed into place)."""
     save_bytes(url, _npy_bytes(array))

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 from bigseg.io import store
 
 
-def part_url(parts_url: str, index: int) -> str:
-    return store.join(parts_url, f"part-{index:09d}.parquet")
+def part_url(parts_url: str, index: int, piece: int | None = None) -> str:
+    """Part ``index``, or piece ``piece`` of it; the names sort in the order of the parts and their pieces."""
+    name = f"part-{index:09d}" if piece is None else f"part-{index:09d}-{piece:09d}"
+    return store.join(parts_url, name + ".parquet")
 
 
 def write_part(df: pd.DataFrame, url: str) -> None:

@@ -1,0 +1,143 @@
+"""The measure stage for objects with fragments in several blocks: their statistics merged on the workers.
+
+The segment stage leaves each block's boundary-fragment partials in the work folder
+(:meth:`~bigseg.segment_blocks.JobFiles.boundary_stats`); stitching tells which object each of their rows is
+(:class:`~bigseg.stitch.Lookup`), so the client never holds a statistic. The objects are cut into ranges of
+consecutive labels, ``OBJECTS_PER_TASK`` each (labels follow the blocks of the objects' first fragments, so a
+range lies in few, neighbouring blocks); a task reads the files of the blocks its objects lie in, merges their
+rows by object (:func:`bigseg.measure.merge`) and writes one table part. Objects in more than
+``BLOCKS_PER_TASK`` blocks (a class map's classes, a vessel tree) are merged in steps: groups of blocks into
+partials files, then groups of those, so that no task reads more than ``BLOCKS_PER_TASK`` files.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bigseg import measure
+from bigseg.io import store
+from bigseg.io import table as table_io
+
+if TYPE_CHECKING:
+    from bigseg.segment_blocks import JobFiles
+    from bigseg.stitch import Lookup
+
+#: Objects (consecutive labels) per task.
+OBJECTS_PER_TASK = 20000
+#: Files a task reads at most: blocks' partials, or an earlier step's.
+BLOCKS_PER_TASK = 512
+
+
+@dataclass(frozen=True)
+class MergeTask:
+    """Merge rows into objects ``first_label`` .. ``first_label + n_labels - 1`` and write them: a table part
+    (``table_args`` given: scale, translation, shape, channel names) or the partials of a step of a longer
+    merge (with each object's ``label`` and the number of ``blocks`` it has fragments in so far)."""
+
+    blocks: tuple[str, ...]  # boundary partials of blocks: rows[starts[i]:starts[i + 1]] of blocks[i] are taken
+    starts: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray       # label - first_label of each row taken
+    merged: tuple[str, ...]  # an earlier step's partials, taken whole
+    first_label: int
+    n_labels: int
+    out_url: str
+    table_args: tuple | None
+
+
+def merge_objects(task: MergeTask) -> int:
+    """Write the merged objects (those present) of ``task``; returns how many there are."""
+    parts, labels, spanned, weights = [], [], [], []
+    for i, partials in enumerate(store.iter_arrays(list(task.blocks))):
+        taken = slice(task.starts[i], task.starts[i + 1])
+        parts.append(measure.take(partials, task.rows[taken]))
+        labels.append(task.labels[taken].astype(np.int64))
+        objects = np.unique(labels[-1])  # a block counts once for each object in it
+        spanned.append(objects)
+        weights.append(np.ones(objects.size, np.int64))
+    for partials in store.iter_arrays(list(task.merged)):
+        labels.append(partials.pop("label") - task.first_label)
+        spanned.append(labels[-1])
+        weights.append(partials.pop("blocks"))
+        parts.append(partials)
+    if parts:
+        merged = measure.merge(measure.concat(parts), np.concatenate(labels), task.n_labels)
+        blocks = np.bincount(np.concatenate(spanned), np.concatenate(weights), task.n_labels).astype(np.int64)
+        present = np.flatnonzero(merged["count"])
+        merged, blocks = measure.take(merged, present), blocks[present]
+    else:  # no boundary objects at all: an empty part, which gives the table its columns
+        present = blocks = np.zeros(0, np.int64)
+        merged = measure.empty_partials(len(task.table_args[2]), len(task.table_args[3]))
+    label = task.first_label + present
+    if task.table_args is None:
+        store.save_arrays(task.out_url, {**merged, "label": label, "blocks": blocks})
+    else:
+        scale, translation, shape, channel_names = task.table_args
+        table_io.write_part(measure.table(merged, label, blocks, scale, translation, shape, list(channel_names)),
+                            task.out_url)
+    return int(present.size)
+
+
+def merge_steps(lookup: Lookup, files: JobFiles, table_args: tuple, objects_per_task: int | None = None,
+                blocks_per_task: int | None = None) -> list[list[MergeTask]]:
+    """The tasks that measure ``lookup``'s boundary objects (or a class map's classes), step by step: a step's
+    tasks read what the steps before it wrote. At least one task: with no such object it writes an empty part."""
+    per_task = objects_per_task or OBJECTS_PER_TASK
+    per_read = blocks_per_task or BLOCKS_PER_TASK
+    labels, prefix = lookup.row_labels, lookup.row_prefix
+    n_labels = int(labels.max(initial=0))
+    n_tasks = max(1, math.ceil(n_labels / per_task))
+    task_of_row = np.full(labels.size, n_tasks, np.min_scalar_type(n_tasks))
+    kept = labels > 0
+    task_of_row[kept] = (labels[kept] - 1) // per_task
+    order = np.argsort(task_of_row, kind="stable")  # by task, then block, then row
+    ends = np.cumsum(np.bincount(task_of_row, minlength=n_tasks + 1))
+    rows_per_block = np.diff(prefix)
+    row_dtype = np.min_scalar_type(int(rows_per_block.max(initial=0)))
+    block_of_row = np.repeat(np.arange(rows_per_block.size, dtype=np.min_scalar_type(rows_per_block.size)),
+                             rows_per_block)
+    label_dtype = np.min_scalar_type(per_task)
+    steps: list[list[MergeTask]] = [[]]
+    for t in range(n_tasks):
+        rows = order[ends[t - 1] if t else 0:ends[t]]
+        block = block_of_row[rows]
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True])
+        first = 1 + t * per_task
+        sources = [(files.boundary_stats(int(block[s])), s, e) for s, e in zip(starts[:-1], starts[1:])] \
+            if rows.size else []
+        _add(steps, (rows - prefix[block]).astype(row_dtype), (labels[rows] - first).astype(label_dtype), sources,
+             first, min(per_task, n_labels - first + 1), table_io.part_url(files.table_parts, 0, t), table_args,
+             files, per_read)
+    return steps
+
+
+def _add(steps: list, rows: np.ndarray, labels: np.ndarray, sources: list, first: int, n: int, out_url: str,
+         table_args: tuple, files: JobFiles, per_read: int) -> None:
+    """Add the tasks that merge ``sources`` (a block's file, with the span of its rows in ``rows``) into one
+    table part: in steps of ``per_read`` files while there are more."""
+    level, merged = 0, []
+    while max(len(sources), len(merged)) > per_read:  # one of the two is empty
+        if len(steps) == level + 1:
+            steps.append([])
+        outs = []
+        for i in range(0, max(len(sources), len(merged)), per_read):
+            outs.append(files.merged_stats(level, len(steps[level])))
+            steps[level].append(_task(rows, labels, sources[i:i + per_read], merged[i:i + per_read], first, n,
+                                      outs[-1], None))
+        sources, merged, level = [], outs, level + 1
+    steps[level].append(_task(rows, labels, sources, merged, first, n, out_url, table_args))
+
+
+def _task(rows, labels, sources, merged, first, n, out_url, table_args) -> MergeTask:
+    lo, hi = (sources[0][1], sources[-1][2]) if sources else (0, 0)
+    starts = np.array([s for _, s, _ in sources] + [hi], np.int64) - lo
+    return MergeTask(tuple(u for u, _, _ in sources), starts, rows[lo:hi], labels[lo:hi], tuple(merged), first,
+                     n, out_url, table_args)
+
+
+def measure_task(task: MergeTask | measure.MeasureTask) -> int:
+    """The measure stage's worker function: a merge of objects across blocks, or one block's interior objects."""
+    return merge_objects(task) if isinstance(task, MergeTask) else measure.measure_block(task)
