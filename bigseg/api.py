@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from bigseg.engine.handle import JobHandle
 from bigseg.errors import ParameterError
 from bigseg.io import store
@@ -70,6 +72,48 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     finally:
         if previous is not None:
             store.configure(previous)
+
+
+def preview(job, method=None, region=None, *, profile: str | None = None, workers: int | None = None,
+            **kwargs) -> np.ndarray:
+    """Segment one region of an image as the full job would: the job-wide values (threshold, normalisation)
+    come from the whole image's job sample, objects cut by the region's edge are seen whole, and the result
+    equals the full job's labels over the region (up to the numbering of objects). Runs in this process, needs
+    no cluster, writes nothing.
+
+    Parameters
+    ----------
+    job, method, **kwargs
+        The job, as for :func:`segment` (a spec, a job file, or an image with the method and its parameters).
+    region : str or sequence
+        ``"0:32,1000:1512,2000:2512"`` (start:stop per spatial axis z,y,x; ``:`` is the whole axis), or one
+        ``(start, stop)`` pair or slice per axis.
+    profile, workers
+        The cluster the full job would run on: its size sets the default blocks, which methods stitched by
+        overlap (watershed, deep models) depend on.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 labels of the region's shape: objects numbered 1..n, or class numbers for a class map.
+
+    Examples
+    --------
+    >>> labels = bigseg.preview("nuclei.zarr", "watershed", region="0:16,0:256,0:256", diameter=8)  # doctest: +SKIP
+    """
+    from bigseg import cluster, pipeline, previews
+    from bigseg.io.ome import open_image
+    if region is None:
+        raise ParameterError("region: give the region to preview, one start:stop per axis, e.g. 0:32,0:512,0:512")
+    spec = as_spec(job, method, None, **kwargs)
+    view = open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint)
+    previews.region_of(region, view)  # checked before the job sample is read
+    n = cluster.resolve_profile(profile)[1].planned_workers(workers)
+    if n is None and spec.blocks.shape is None and previews.depends_on_blocks(spec.method, view.ndim):
+        raise ParameterError(f"method '{spec.method.name}' gives results that depend on the job's blocks, which "
+                             "depend on the size of the profile's cluster, unknown before it starts: set "
+                             "blocks.shape (or the number of workers) as the full job will have it")
+    return previews.preview(pipeline.plan_segmentation(spec, n or 1), region)
 
 
 def submit(job, method=None, name: str | None = None, **kwargs) -> JobHandle:

@@ -28,7 +28,6 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str) -> str:
     """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole."""
-    import imageio.v3 as iio
     image = view.image
     for i, path in enumerate(label_paths):
         lv = image.view(view.level + i, view.channel, view.timepoint)
@@ -37,6 +36,12 @@ def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr
     region = tuple(slice(s // 2, s // 2 + 1) for s in lv.shape[:-2]) + tuple(slice(0, s) for s in lv.shape[-2:])
     plane = lv.read(region).reshape(lv.shape[-2:])
     labels = np.asarray(open_array(labels_url, path, zarr_format)[region]).reshape(lv.shape[-2:])
+    return write_picture(plane, labels, url)
+
+
+def write_picture(plane: np.ndarray, labels: np.ndarray, url: str) -> str:
+    """Write :func:`overlay` of one plane and its labels as a PNG."""
+    import imageio.v3 as iio
     fs, local = store.filesystem(url)
     with fs.open(local, "wb") as f:
         f.write(iio.imwrite("<bytes>", overlay(plane, labels), extension=".png"))

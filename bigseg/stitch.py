@@ -21,7 +21,7 @@ by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -152,6 +152,8 @@ class Lookup:
     boundary_partials: dict
     boundary_blocks_spanned: np.ndarray
     boundary_labels: np.ndarray  # the final id of each row of boundary_partials
+    #: the object (joined group, before min_size and sliver dropping) of each boundary fragment, by block
+    boundary_groups: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min_size: int,
@@ -197,8 +199,9 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges: np.ndarray, min
     interior = n - k
     base = n_boundary_objects + np.concatenate([[0], np.cumsum(interior)[:-1]])
     boundary_ids = {b: fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
+    groups = {b: comp[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
     return Lookup(int(n_boundary_objects + interior.sum()), n_boundary_objects, boundary_ids, base,
-                  measure.take(merged, kept), spanned[kept], np.arange(1, n_boundary_objects + 1))
+                  measure.take(merged, kept), spanned[kept], np.arange(1, n_boundary_objects + 1), groups)
 
 
 def resolve_classes(summaries: list[BlockSummary], n_blocks: int, ndim: int, n_channels: int) -> Lookup:
