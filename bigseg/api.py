@@ -102,11 +102,10 @@ def preview(job, method=None, region=None, *, profile: str | None = None, worker
     >>> labels = bigseg.preview("nuclei.zarr", "watershed", region="0:16,0:256,0:256", diameter=8)  # doctest: +SKIP
     """
     from bigseg import cluster, pipeline, previews
-    from bigseg.io.ome import open_image
     if region is None:
         raise ParameterError("region: give the region to preview, one start:stop per axis, e.g. 0:32,0:512,0:512")
     spec = as_spec(job, method, None, **kwargs)
-    view = open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint)
+    view = pipeline.open_view(spec)
     previews.region_of(region, view)  # checked before the job sample is read
     n = cluster.resolve_profile(profile)[1].planned_workers(workers)
     if n is None and spec.blocks.shape is None and previews.depends_on_blocks(spec.method, view.ndim):

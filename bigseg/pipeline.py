@@ -139,13 +139,17 @@ def plan_segmentation(spec: JobSpec, n_workers: int) -> Plan:
 
 def _checked(spec: JobSpec) -> tuple[ImageView, tuple[int, ...] | None]:
     """The view the job segments, with the method, halo and block shape checked against it (no pixel read)."""
-    image = open_image(spec.input.url)
-    view = image.view(spec.input.level, spec.input.channel, spec.input.timepoint)
+    view = open_view(spec)
     spec.method.check(view.voxel_size)
     halo = _given_halo(spec, view)
     if spec.blocks.shape is not None:
         plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.blocks.shape)  # checks the block shape
     return view, halo
+
+
+def open_view(spec: JobSpec) -> ImageView:
+    """The level, channel and timepoint of the image that the job segments (metadata only)."""
+    return open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint)
 
 
 def _given_halo(spec: JobSpec, view: ImageView) -> tuple[int, ...] | None:

@@ -40,6 +40,8 @@ from bigseg.stitch_rules import Output
 log = logging.getLogger(__name__)
 #: Voxels a preview reads at most (windows or replayed blocks with their halo) before it stops growing.
 MAX_VOXELS = 2**27
+#: A preview's picture is enlarged (whole pixels) until its shorter side has at least this many pixels.
+PICTURE_PIXELS = 512
 
 
 def region_of(region, view: ImageView) -> tuple[slice, ...]:
@@ -229,6 +231,18 @@ def _reached(plan: Plan, files: JobFiles, summaries: list, lookup, done: set, se
             if ids.size and np.isin(lookup.boundary_groups[i][ids - 1], seen).any():
                 out.add(other)
     return out
+
+
+def write_picture(view: ImageView, region, labels: np.ndarray, url: str) -> str:
+    """A PNG of the region's image with the outlines of its preview ``labels`` (the middle plane in 3D)."""
+    from bigseg import qc
+    region = region_of(region, view)
+    zoom = max(1, PICTURE_PIXELS // min(labels.shape[-2:]))  # small regions drawn large enough to judge
+    if view.ndim == 3:
+        middle = labels.shape[0] // 2
+        plane = view.read((slice(region[0].start + middle, region[0].start + middle + 1), *region[1:]))[0]
+        return qc.write_picture(plane, labels[middle], url, zoom)
+    return qc.write_picture(view.read(region), labels, url, zoom)
 
 
 def _origin(region: tuple[slice, ...]) -> tuple[int, ...]:

@@ -39,10 +39,13 @@ def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr
     return write_picture(plane, labels, url)
 
 
-def write_picture(plane: np.ndarray, labels: np.ndarray, url: str) -> str:
-    """Write :func:`overlay` of one plane and its labels as a PNG."""
+def write_picture(plane: np.ndarray, labels: np.ndarray, url: str, zoom: int = 1) -> str:
+    """Write :func:`overlay` of one plane and its labels as a PNG, each pixel ``zoom`` x ``zoom`` pixels."""
     import imageio.v3 as iio
+    rgb = overlay(plane, labels)
+    if zoom > 1:
+        rgb = np.repeat(np.repeat(rgb, zoom, axis=0), zoom, axis=1)
     fs, local = store.filesystem(url)
     with fs.open(local, "wb") as f:
-        f.write(iio.imwrite("<bytes>", overlay(plane, labels), extension=".png"))
+        f.write(iio.imwrite("<bytes>", rgb, extension=".png"))
     return url
