@@ -1,7 +1,7 @@
 """bigseg: segment images too big for one machine's memory, block by block on a Dask cluster."""
 from __future__ import annotations
 
-from bigseg.api import preview, segment, submit
+from bigseg.api import dry_run, preview, segment, submit
 from bigseg.errors import BigsegError
 from bigseg.io.ome import open_image
 from bigseg.methods import Method
@@ -10,5 +10,5 @@ from bigseg.spec import JobSpec
 
 __version__ = "0.2.0"
 
-__all__ = ["BigsegError", "JobSpec", "Method", "SegmentResult", "open_image", "preview", "segment", "submit",
-           "__version__"]
+__all__ = ["BigsegError", "JobSpec", "Method", "SegmentResult", "dry_run", "open_image", "preview", "segment",
+           "submit", "__version__"]

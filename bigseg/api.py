@@ -1,11 +1,13 @@
 """The Python API: ``segment(spec | image, ...)`` runs one job on a cluster chosen by profile."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
 from bigseg.engine.handle import JobHandle
+from bigseg.estimate import Estimate
 from bigseg.errors import ParameterError
 from bigseg.io import store
 from bigseg.io.storage import StorageOptions
@@ -50,10 +52,35 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     >>> result = bigseg.segment("nuclei.zarr", "watershed", name="nuclei", diameter="8um")  # doctest: +SKIP
     >>> spec = bigseg.JobSpec.from_file("job.yaml"); bigseg.segment(spec, profile="slurm")  # doctest: +SKIP
     """
-    spec = as_spec(job, method, name, **kwargs)
+    from bigseg import pipeline
+    with _planned_on_cluster(as_spec(job, method, name, **kwargs), profile, client, scheduler, workers,
+                             gpus) as (job_plan, c):
+        return pipeline.run(job_plan, c, observer, cancellation)
+
+
+def dry_run(job, method=None, name: str | None = None, *, profile: str | None = None, client=None,
+            scheduler: str | None = None, workers: int | None = None, gpus: int | str | None = None,
+            **kwargs) -> Estimate:
+    """Plan a job as :func:`segment` would, run one representative block (one with objects, near the image's
+    centre) on a worker of the job's cluster, and estimate the job: blocks, halo overhead, peak memory per
+    worker, seconds per stage. Nothing is written. Takes :func:`segment`'s arguments (less the observer).
+
+    >>> bigseg.dry_run("nuclei.zarr", "watershed", diameter="8um").summary()  # doctest: +SKIP
+    """
+    from bigseg.estimate import estimate
+    with _planned_on_cluster(as_spec(job, method, name, **kwargs), profile, client, scheduler, workers,
+                             gpus) as (job_plan, c):
+        return estimate(job_plan, c)
+
+
+@contextlib.contextmanager
+def _planned_on_cluster(spec: JobSpec, profile, client, scheduler, workers, gpus):
+    """The job planned for its cluster, and a client of that cluster: the one given, or one opened by profile
+    (the plan is checked before a cluster starts when the profile knows its size)."""
     from bigseg import cluster, pipeline
     if client is not None:
-        return pipeline.run(pipeline.plan(spec, cluster.n_workers(client)), client, observer, cancellation)
+        yield pipeline.plan(spec, cluster.n_workers(client)), client
+        return
     if scheduler is not None:
         if profile is not None:
             raise ParameterError("a scheduler address and a profile exclude each other: give one")
@@ -67,8 +94,7 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
         with cluster.open_cluster(profile, workers=workers, gpus=gpus, gpu=gpu) as c:  # by name: errors name it
             if prof.storage_options:
                 c.register_plugin(StorageOptions(prof.storage_options))
-            job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
-            return pipeline.run(job_plan, c, observer, cancellation)
+            yield job_plan or pipeline.plan(spec, cluster.n_workers(c)), c
     finally:
         if previous is not None:
             store.configure(previous)

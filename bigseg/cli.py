@@ -15,7 +15,7 @@ import traceback
 
 from bigseg.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from bigseg.cli_flags import add_job_arguments, job_spec
-from bigseg.cli_render import ConsoleObserver, not_an_event
+from bigseg.cli_render import ConsoleObserver, estimate_lines, not_an_event
 from bigseg.cli_serve import add_serve_command, run_serve
 from bigseg.errors import BigsegError, ParameterError
 
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None, help="local cluster size (default: from cores and memory)")
     run.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     run.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
+    seg.add_argument("--dry-run", action="store_true", help="plan the job and run one block on the cluster, then "
+                     "print the blocks, halo overhead, peak memory per worker and seconds the job will take; "
+                     "writes nothing")
     seg.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
 
     pv = sub.add_parser("preview", help="segment one region as the full job would (its threshold and "
@@ -117,6 +120,14 @@ def _log_to_stderr(verbose: bool) -> None:
 
 def _segment(args) -> int:
     import bigseg
+    if args.dry_run:
+        summary = bigseg.dry_run(job_spec(args), profile=args.profile, scheduler=args.scheduler,
+                                 workers=args.workers, gpus=args.gpus).summary()
+        for line in estimate_lines(summary):
+            print(line)
+        if args.json:
+            print(json.dumps(summary))
+        return 0
     bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
                    gpus=args.gpus, observer=ConsoleObserver(args.json))
     return 0

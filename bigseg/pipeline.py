@@ -237,7 +237,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         if not plan.resume:
             label_io.start(target)
             zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
-                              chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
+                              chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(plan.identity())  # from here on, the job can be resumed
     started = ev.JobStarted(view.image.url, spec.input.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
                             tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
@@ -320,7 +320,7 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
                        view.n_channels)
 
 
-def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
+def inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Small chunks inside each block-sized shard, so stitching reads thin slabs, not whole blocks."""
     out = []
     for b in block_shape:

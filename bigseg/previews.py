@@ -31,7 +31,7 @@ from bigseg.blocks import extend, intersect, region_text, shift
 from bigseg.errors import ParameterError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
-from bigseg.pipeline import Plan, _inner_chunks
+from bigseg.pipeline import Plan, inner_chunks
 from bigseg.relabel import final_ids
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch import no_edges, resolve
@@ -160,7 +160,7 @@ def _replayed(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
     rule = method.stitch_rule(view.ndim)
     files = JobFiles(f"memory://bigseg-preview-{uuid.uuid4().hex}")
     zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
-                      chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
+                      chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
     summaries = [BlockSummary(i, 0, 0, {}, 0.0) for i in range(len(grid))]
     active = plan.active if plan.active is not None else np.ones(len(grid), bool)
     under = [b for b in grid if active[b.id] and intersect(b.core, region) is not None]
