@@ -22,7 +22,7 @@ from bigseg import measure
 from bigseg.blocks import Block, region_text
 from bigseg.errors import InputError
 from bigseg.pipeline import Plan
-from bigseg.probe import BlockProbe, ProbeTask, probe_block
+from bigseg.probe import BlockProbe, ProbeTask, probe_block, start_up
 from bigseg.pyramid import regions
 from bigseg.stitch import no_edges, resolve
 from bigseg.segment_blocks import BlockSummary, JobFiles
@@ -72,8 +72,13 @@ def estimate(plan: Plan, client) -> Estimate:
     centre = [s / 2 for s in view.shape]
     order = sorted(active, key=lambda b: (sum(((s.start + s.stop) / 2 - c) ** 2
                                               for s, c in zip(b.core, centre)), b.id))
-    for tried, block in enumerate(order[:TRIES], start=1):
-        task = ProbeTask(view, method, grid, block, plan.min_size, plan.spec.options.skip_bad_blocks)
+    tasks = [ProbeTask(view, method, grid, b, plan.min_size, plan.spec.options.skip_bad_blocks)
+             for b in order[:TRIES]]
+    t0 = time.perf_counter()
+    client.run(start_up, tasks[0])  # every worker, at once: what a fresh worker pays before its first block
+    start = time.perf_counter() - t0
+    for tried, task in enumerate(tasks, start=1):
+        block = task.block
         probe = client.submit(probe_block, task, resources=method.resources(), pure=False,
                               key=f"bigseg-dry-run-{uuid.uuid4().hex[:8]}").result()
         if probe.summary.n_fragments:
@@ -82,6 +87,8 @@ def estimate(plan: Plan, client) -> Estimate:
     workers = n_workers(client)
     seconds = _seconds(plan, active, block, probe, _task_overhead(client, workers), workers,
                        _workers_for(client, method.resources()) or workers)
+    seconds["segment"] += start
+    seconds["total"] += start
     read = sum(_voxels(b.extended) for b in active)
     owned = sum(_voxels(b.core) for b in active)
     return Estimate(
@@ -149,15 +156,19 @@ def _client_seconds(plan: Plan, summary, n_blocks: int) -> tuple[float, float]:
         return 0.0, 0.0
     from dataclasses import replace
     view, copies = plan.view, min(n_blocks, CLIENT_COPIES)
-    summaries = [replace(summary, block_id=i) for i in range(copies)]
-    t0 = time.perf_counter()
-    lookup = resolve(summaries, copies, no_edges(), plan.min_size, view.ndim, view.n_channels)
-    t1 = time.perf_counter()
-    measure.table(lookup.boundary_partials, lookup.boundary_labels, lookup.boundary_blocks_spanned, view.scale,
-                  view.translation, view.shape, [f"c{c}" for c in range(view.n_channels)])
-    t2 = time.perf_counter()
-    scale = n_blocks / copies
-    return (t1 - t0) * scale, (t2 - t1) * scale
+
+    def timed(n: int) -> tuple[float, float]:
+        summaries = [replace(summary, block_id=i) for i in range(n)]
+        t0 = time.perf_counter()
+        lookup = resolve(summaries, n, no_edges(), plan.min_size, view.ndim, view.n_channels)
+        t1 = time.perf_counter()
+        measure.table(lookup.boundary_partials, lookup.boundary_labels, lookup.boundary_blocks_spanned,
+                      view.scale, view.translation, view.shape, [f"c{c}" for c in range(view.n_channels)])
+        return t1 - t0, time.perf_counter() - t1
+
+    timed(1)  # imports and first calls, which this process has paid whatever the job
+    resolved, table = timed(copies)
+    return resolved * n_blocks / copies, table * n_blocks / copies
 
 
 def _picture_seconds(view, n_levels: int) -> float:

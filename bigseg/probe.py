@@ -143,6 +143,13 @@ def probe_block(task: ProbeTask) -> BlockProbe:
     return BlockProbe(summary, seconds, pyramid_voxels, memory.start, memory.peak)
 
 
+def start_up(task: ProbeTask) -> None:
+    """What a fresh worker does before its first block of a job: unpickle a task (imports bigseg and the
+    method's modules), and import what the stages' functions import on first use."""
+    import pandas  # noqa: F401 - the measure stage's tables
+    import pyarrow.parquet  # noqa: F401
+
+
 def _stitch_task(task: ProbeTask, files: JobFiles, summary: BlockSummary):
     """(function, task) of one of the stitch rule's tasks between the block and a neighbour taken to be like it
     (its fragments empty, its halo prediction empty), or None (a class map, a grid of one block)."""
