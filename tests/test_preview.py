@@ -15,14 +15,14 @@ from conftest import add_corner_objects, checksums, write_image
 from matching import same_partition
 
 # regions that cross block boundaries (blocks 64 in y, x; 16 in z), touch the image's edges, and cut objects
-REGIONS_2D = [(slice(40, 100), slice(50, 130)), (slice(0, 64), slice(0, 64)), (slice(100, 192), slice(3, 190)),
-              (slice(60, 70), slice(0, 192))]
-REGIONS_3D = [(slice(8, 24), slice(40, 100), slice(50, 120)), (slice(0, 32), slice(60, 70), slice(0, 128)),
-              (slice(20, 32), slice(0, 128), slice(100, 128)), (slice(15, 17), slice(63, 65), slice(10, 90))]
+REGIONS_2D = [(slice(40, 100), slice(50, 130)), (slice(0, 64), slice(0, 64)), (slice(100, 160), slice(3, 150)),
+              (slice(60, 70), slice(0, 160))]
+REGIONS_3D = [(slice(8, 24), slice(40, 90), slice(50, 96)), (slice(0, 32), slice(60, 70), slice(0, 96)),
+              (slice(20, 32), slice(0, 96), slice(70, 96)), (slice(15, 17), slice(63, 65), slice(10, 90))]
 
 
 def _image(tmp_path, ndim):
-    shape, chunks, block = ((192, 192), (32, 32), (64, 64)) if ndim == 2 else ((32, 128, 128), (16, 32, 32),
+    shape, chunks, block = ((160, 160), (32, 32), (64, 64)) if ndim == 2 else ((32, 96, 96), (16, 32, 32),
                                                                               (16, 64, 64))
     image, _ = nuclei(shape, seed=40 + ndim)
     image = add_corner_objects(image, block)  # objects where blocks meet
@@ -60,14 +60,25 @@ def test_objects_cut_by_the_region_are_judged_whole(tmp_path):
     assert bigseg.preview(path, "threshold", region="45:55,35:64", **{**params, "min_size": 90}).max() == 1
 
 
+def _classifier(path) -> str:
+    """A small random forest (10 trees) from 200 foreground and 200 background scribbles."""
+    from bigseg.methods.pixel_classifier import train
+    image, truth = nuclei((96, 96), seed=300, radius=(5, 8))
+    scribbles = np.zeros(truth.shape, np.uint8)
+    rng = np.random.default_rng(0)
+    for coords, cls in ((np.argwhere(truth > 0), 2), (np.argwhere(truth == 0), 1)):
+        scribbles[tuple(coords[rng.choice(len(coords), 200, replace=False)].T)] = cls
+    return train(image, scribbles, str(path), foreground=2, sigma_max=2.0, n_estimators=10)
+
+
 def test_class_map_preview_is_the_full_jobs_classes(client, tmp_path):
-    from deep_models import train_pixel_classifier
-    model = train_pixel_classifier(str(tmp_path / "classifier.joblib"))
+    model = _classifier(tmp_path / "classifier.joblib")
     path, block = _image(tmp_path, 2)
-    full = bigseg.segment(path, "pixel-classifier", client=client, block=block, model=model, instances="classes")
+    params = dict(block=block, model=model, instances="classes")
+    full = bigseg.segment(path, "pixel-classifier", client=client, **params)
     labels = zarr.open_array(full.labels + "/0", mode="r")[:]
     region = (slice(30, 150), slice(60, 140))
-    got = bigseg.preview(path, "pixel-classifier", region=region, block=block, model=model, instances="classes")
+    got = bigseg.preview(path, "pixel-classifier", region=region, **params)
     assert np.array_equal(got, labels[region]) and set(np.unique(got)) == {1, 2}
 
 
@@ -84,10 +95,10 @@ def test_preview_command_prints_the_objects_and_draws_them(capsys, tmp_path):
     path, block = _image(tmp_path, 3)
     before = checksums(path)
     png = tmp_path / "preview.png"
-    assert main(["preview", path, "--region", "8:24,40:100,50:120", "--method", "threshold", "--block",
+    assert main(["preview", path, "--region", "8:24,30:90,20:90", "--method", "threshold", "--block",
                  "16,64,64", "--png", str(png), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    expected = bigseg.preview(path, "threshold", region="8:24,40:100,50:120")
+    expected = bigseg.preview(path, "threshold", region="8:24,30:90,20:90")
     assert f"{expected.max()} objects" in out[0] and '"objects": %d' % expected.max() in out[-1]
     picture = iio.imread(png)
     assert picture.shape == (60 * 8, 70 * 8, 3)  # the middle plane, enlarged to >= 512 pixels a side
@@ -99,7 +110,7 @@ def test_preview_bad_regions_are_one_line_and_write_nothing(capsys, tmp_path):
     before = checksums(path)
     png = tmp_path / "p.png"
     base = ["preview", path, "--method", "threshold", "--png", str(png), "--region"]
-    _fails(capsys, base + ["0:8,0:64,0:200"], "region: x 0:200 is outside the image", "128")
+    _fails(capsys, base + ["0:8,0:64,0:200"], "region: x 0:200 is outside the image", "0:96")
     _fails(capsys, base + ["0:8,0:64,-4:20"], "outside the image")
     _fails(capsys, base + ["0:8,30:30,0:64"], "region: y 30:30 is empty")
     _fails(capsys, base + ["0:8,0:64"], "region: has 2 ranges but the image is 3D")
