@@ -22,10 +22,10 @@ from bigseg import measure
 from bigseg.blocks import Block, region_text
 from bigseg.errors import InputError
 from bigseg.pipeline import Plan
-from bigseg.probe import BlockProbe, ProbeTask, probe_block, start_up
+from bigseg.probe import BlockProbe, probe_block, start_up
 from bigseg.pyramid import regions
 from bigseg.stitch import no_edges, resolve
-from bigseg.segment_blocks import BlockSummary, JobFiles
+from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask
 from bigseg.stitch_rules import Output
 
 #: Blocks tried, nearest the centre first, until one has objects.
@@ -72,7 +72,7 @@ def estimate(plan: Plan, client) -> Estimate:
     centre = [s / 2 for s in view.shape]
     order = sorted(active, key=lambda b: (sum(((s.start + s.stop) / 2 - c) ** 2
                                               for s, c in zip(b.core, centre)), b.id))
-    tasks = [ProbeTask(view, method, grid, b, plan.min_size, plan.spec.options.skip_bad_blocks)
+    tasks = [SegmentTask(view, method, grid, b, JobFiles(""), plan.min_size, plan.spec.options.skip_bad_blocks)
              for b in order[:TRIES]]
     t0 = time.perf_counter()
     client.run(start_up, tasks[0])  # every worker, at once: what a fresh worker pays before its first block
@@ -100,10 +100,11 @@ def estimate(plan: Plan, client) -> Estimate:
         {"peak": probe.rss_peak, "baseline": probe.rss_start, "block": probe.rss_peak - probe.rss_start}, seconds)
 
 
-def _seconds(plan: Plan, active: list[Block], probe_block_: Block, probe: BlockProbe, overhead: float,
-             workers: int, segment_workers: int) -> dict:
-    grid, view, s = plan.grid, plan.view, probe.seconds
-    read, owned = _voxels(probe_block_.extended), _voxels(probe_block_.core)
+def _seconds(plan: Plan, active: list[Block], block: Block, probe: BlockProbe, overhead: float, workers: int,
+             segment_workers: int) -> dict:
+    """Seconds per stage of the job, from the probe of ``block`` (the model of the module's docstring)."""
+    view, s = plan.view, probe.seconds
+    read, owned = _voxels(block.extended), _voxels(block.core)
     out = {"segment": s.get("warm-up", 0.0) + _stage([s["segment"] * _voxels(b.extended) / read for b in active],
                                                      segment_workers, overhead)}
     summary = probe.summary

@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import Block, BlockGrid, intersect
+from bigseg.blocks import intersect
 from bigseg.io import store
 from bigseg.io.ome import ImageView
 from bigseg.io.table import part_url
@@ -25,16 +25,6 @@ from bigseg.stitch_rules import Output
 
 #: Seconds between two readings of the worker's resident memory while the block runs.
 SAMPLE_SECONDS = 0.005
-
-
-@dataclass(frozen=True)
-class ProbeTask:
-    view: ImageView
-    method: Method
-    grid: BlockGrid
-    block: Block
-    min_size: int
-    skip_unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,10 +81,12 @@ def high_water_mark() -> int | None:
     return None
 
 
-def probe_block(task: ProbeTask) -> BlockProbe:
-    """Run one block as the job would, in memory; measure it."""
+def probe_block(task: SegmentTask) -> BlockProbe:
+    """Run the block of a segment task as the job would, with its files in memory (``task.files`` is not used);
+    measure it."""
     view, grid, block = task.view, task.grid, task.block
     files = JobFiles(f"memory://bigseg-dry-run-{uuid.uuid4().hex}")
+    task = replace(task, files=files)
     seconds, pyramid_voxels = {}, 0
     try:
         with PeakMemory() as memory:
@@ -104,8 +96,7 @@ def probe_block(task: ProbeTask) -> BlockProbe:
             _warm_up(task.method, view)
             seconds["warm-up"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            summary = segment_block(SegmentTask(view, task.method, grid, block, files, task.min_size,
-                                                task.skip_unreadable))
+            summary = segment_block(task)
             seconds["segment"] = time.perf_counter() - t0
             n, k = summary.n_fragments, summary.n_boundary
             if n:
@@ -143,14 +134,14 @@ def probe_block(task: ProbeTask) -> BlockProbe:
     return BlockProbe(summary, seconds, pyramid_voxels, memory.start, memory.peak)
 
 
-def start_up(task: ProbeTask) -> None:
+def start_up(task: SegmentTask) -> None:
     """What a fresh worker does before its first block of a job: unpickle a task (imports bigseg and the
     method's modules), and import what the stages' functions import on first use."""
     import pandas  # noqa: F401 - the measure stage's tables
     import pyarrow.parquet  # noqa: F401
 
 
-def _stitch_task(task: ProbeTask, files: JobFiles, summary: BlockSummary):
+def _stitch_task(task: SegmentTask, files: JobFiles, summary: BlockSummary):
     """(function, task) of one of the stitch rule's tasks between the block and a neighbour taken to be like it
     (its fragments empty, its halo prediction empty), or None (a class map, a grid of one block)."""
     grid, block = task.grid, task.block

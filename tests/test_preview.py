@@ -11,7 +11,7 @@ import zarr
 import bigseg
 from bigseg.cli import main
 from bigseg.synthetic import nuclei
-from conftest import add_corner_objects, checksums, write_image
+from conftest import add_corner_objects, checksums, cli_fails, write_image
 from matching import same_partition
 
 # regions that cross block boundaries (blocks 64 in y, x; 16 in z), touch the image's edges, and cut objects
@@ -82,15 +82,6 @@ def test_class_map_preview_is_the_full_jobs_classes(client, tmp_path):
     assert np.array_equal(got, labels[region]) and set(np.unique(got)) == {1, 2}
 
 
-def _fails(capsys, argv, *words):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("bigseg: error: "), err
-    for w in words:
-        assert w in err[0], err[0]
-
-
 def test_preview_command_prints_the_objects_and_draws_them(capsys, tmp_path):
     path, block = _image(tmp_path, 3)
     before = checksums(path)
@@ -110,12 +101,12 @@ def test_preview_bad_regions_are_one_line_and_write_nothing(capsys, tmp_path):
     before = checksums(path)
     png = tmp_path / "p.png"
     base = ["preview", path, "--method", "threshold", "--png", str(png), "--region"]
-    _fails(capsys, base + ["0:8,0:64,0:200"], "region: x 0:200 is outside the image", "0:96")
-    _fails(capsys, base + ["0:8,0:64,-4:20"], "outside the image")
-    _fails(capsys, base + ["0:8,30:30,0:64"], "region: y 30:30 is empty")
-    _fails(capsys, base + ["0:8,0:64"], "region: has 2 ranges but the image is 3D")
-    _fails(capsys, base + ["0:8,0:64,x"], "region: 'x' is not start:stop")
-    _fails(capsys, ["preview", path, "--region", "0:8,0:8,0:8", "--png", str(tmp_path / "no" / "p.png")],
+    cli_fails(capsys, base + ["0:8,0:64,0:200"], "region: x 0:200 is outside the image", "0:96")
+    cli_fails(capsys, base + ["0:8,0:64,-4:20"], "outside the image")
+    cli_fails(capsys, base + ["0:8,30:30,0:64"], "region: y 30:30 is empty")
+    cli_fails(capsys, base + ["0:8,0:64"], "region: has 2 ranges but the image is 3D")
+    cli_fails(capsys, base + ["0:8,0:64,x"], "region: 'x' is not start:stop")
+    cli_fails(capsys, ["preview", path, "--region", "0:8,0:8,0:8", "--png", str(tmp_path / "no" / "p.png")],
            "no such folder")
     assert main(["preview", path, "--method", "threshold", "--region", ":,0:8,:"]) == 0  # ':' = the whole axis
     assert checksums(path) == before and not os.path.exists(os.path.join(path, "labels")) and not png.exists()
