@@ -1,5 +1,6 @@
-"""The command line: ``bigseg demo``, ``info``, ``segment``, ``spec``, ``profiles``, ``train-pixel-classifier``,
-``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``, ``retry``, ``logs``.
+"""The command line: ``bigseg demo``, ``info``, ``segment`` (``--dry-run``), ``preview``, ``spec``, ``profiles``,
+``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``,
+``retry``, ``logs``.
 
 User mistakes (:class:`~bigseg.errors.BigsegError`) are printed as one line and exit 2; anything
 else is a bug and keeps its traceback.
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr(args.verbose)
     try:
         return {"demo": _demo, "info": _info, "segment": _segment, "preview": _preview, "spec": _spec,
-                "profiles": _profiles,
-                "train-pixel-classifier": _train, "serve": run_serve,
+                "profiles": _profiles, "train-pixel-classifier": _train, "serve": run_serve,
                 **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}[args.command](args)
     except BigsegError as err:
         if args.verbose:

@@ -127,6 +127,7 @@ def _in_window(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
         inside = objects[shift(region, _origin(window))]
         cut = np.intersect1d(np.unique(inside), _on_open_sides(objects, window, view.shape))
         cut = cut[cut > 0]
+        log.info("preview: window %s, %d object(s) of the region reach its sides", region_text(window), cut.size)
         if cut.size == 0:
             break
         if math.prod(s.stop - s.start for s in extend(window, margin, view.shape)) > _max_voxels():
@@ -191,6 +192,8 @@ def _replayed(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
                 ids = ids[(ids > 0) & (ids <= s.n_boundary)]
                 seen.update(lookup.boundary_groups[b.id][ids - 1].tolist() if ids.size else ())
             todo = sorted(_reached(plan, files, summaries, lookup, done, seen) & set(np.flatnonzero(active)))
+            log.info("preview: %d block(s) of the job run (%d voxels read), %d more reached", len(done), voxels,
+                     len(todo))
             if not todo:
                 return labels
             if voxels > _max_voxels():
