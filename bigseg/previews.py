@@ -85,6 +85,7 @@ def preview(plan: Plan, region) -> np.ndarray:
     object ids numbered 1..n in raster order of first appearance (the full job's numbering differs), or the
     class numbers of a class map."""
     region = region_of(region, plan.view)
+    log.info("preview of %s with the job's values %s", region_text(region), plan.method.job_values())
     if plan.method.output() is Output.CLASSES:
         return _method_labels(plan, region).astype(np.uint32)
     if not depends_on_blocks(plan.method, plan.view.ndim):
