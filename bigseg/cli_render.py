@@ -81,11 +81,13 @@ def estimate_lines(s: dict) -> list[str]:
     b, m, t = s["block"], s["memory"], s["seconds"]
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if k != "total")
     found = f"{b['fragments']} fragments ({b['boundary_fragments']} at its faces)"
-    tried = f", after {b['tried'] - 1} empty one(s)" if b["tried"] > 1 else ""
+    which = "the non-empty block nearest the centre" if b["fragments"] else \
+        f"no objects in the {b['tried']} block(s) nearest the centre: the estimate is a lower bound"
+    tried = f", after {b['tried'] - 1} empty one(s)" if b["tried"] > 1 and b["fragments"] else ""
     return [f"dry run  {s['image']} {tuple(s['shape'])}: nothing written",
             f"blocks   {s['blocks']} of {tuple(s['block_shape'])}, halo {tuple(s['halo'])}; "
             f"{s['blocks_background']} background (skipped), {s['blocks'] - s['blocks_background']} to segment",
-            f"block    {b['id']} {b['core']} (the non-empty block nearest the centre{tried}): {found}, "
+            f"block    {b['id']} {b['core']} ({which}{tried}): {found}, "
             f"{b['seconds'].get('segment', 0):.2f}s",
             f"halo     {s['halo_overhead']:.2f}x voxels read per voxel owned",
             f"memory   ~{_mib(m['peak'])} per worker at its peak ({_mib(m['baseline'])} before a block + "

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 
 from bigseg.blocks import extend, intersect, region_text, shift
-from bigseg.errors import ParameterError
+from bigseg.errors import InputError, ParameterError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
 from bigseg.pipeline import Plan, inner_chunks
@@ -107,7 +107,12 @@ def _method_labels(plan: Plan, window: tuple[slice, ...]) -> np.ndarray:
     way); background blocks of the job (``plan.active``) are 0, as the job leaves them."""
     view = plan.view
     extended = extend(window, plan.halo, view.shape, plan.method.alignment(view.ndim))
-    labels = np.asarray(plan.method(view.read(extended), view.voxel_size))[shift(window, _origin(extended))]
+    try:
+        data = view.read(extended)
+    except Exception as err:  # noqa: BLE001 - corrupt, truncated or missing chunks
+        raise InputError(f"{view.image.url}: cannot read {region_text(extended)} ({type(err).__name__}: {err}); "
+                         "repair the image, or preview another region") from None
+    labels = np.asarray(plan.method(data, view.voxel_size))[shift(window, _origin(extended))]
     if plan.active is not None:
         for block in plan.grid:
             inside = None if plan.active[block.id] else intersect(block.core, window)
@@ -158,8 +163,8 @@ def _replayed(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
     """The full job's labels over ``region`` for a rule that depends on the blocks: the job's blocks under the
     region, then the neighbours their objects reach, segmented and stitched as the job does (same code), in
     an in-memory work folder."""
-    grid, view, method = plan.grid, plan.view, plan.method
-    rule = method.stitch_rule(view.ndim)
+    grid, view = plan.grid, plan.view
+    rule = plan.method.stitch_rule(view.ndim)
     files = JobFiles(f"memory://bigseg-preview-{uuid.uuid4().hex}")
     zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
                       chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
@@ -170,40 +175,54 @@ def _replayed(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
     try:
         while True:
             for i in todo:
-                block = grid.block(np.unravel_index(i, grid.grid_shape))
-                summaries[i] = segment_block(SegmentTask(view, method, grid, block, files, plan.min_size,
-                                                         plan.spec.options.skip_bad_blocks))
-                voxels += math.prod(s.stop - s.start for s in block.extended)
+                summaries[i] = segment_block(SegmentTask(view, plan.method, grid, _block(grid, i), files,
+                                                         plan.min_size, plan.spec.options.skip_bad_blocks))
             done.update(todo)
+            voxels += _read_voxels(grid, todo)
             fn, tasks = rule.edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)
             lookup = resolve(summaries, len(grid), np.concatenate([no_edges(), *map(fn, tasks)]), plan.min_size,
                              view.ndim, view.n_channels)
-            fragments = open_array(files.fragments, "", 3)
-            labels = np.zeros(tuple(s.stop - s.start for s in region), np.uint64)
-            seen = set()  # objects (joined groups) seen in the region
-            for b in under:
-                inside = intersect(b.core, region)
-                s = summaries[b.id]
-                piece = fragments[inside]
-                empty = np.zeros(0, np.int64)
-                labels[shift(inside, _origin(region))] = final_ids(lookup.boundary_ids.get(b.id, empty),
-                                                                   int(lookup.interior_base[b.id]),
-                                                                   s.n_fragments, np.uint64)[piece]
-                ids = np.unique(piece)
-                ids = ids[(ids > 0) & (ids <= s.n_boundary)]
-                seen.update(lookup.boundary_groups[b.id][ids - 1].tolist() if ids.size else ())
+            labels, seen = _final_labels(files, summaries, lookup, under, region)
             todo = sorted(_reached(plan, files, summaries, lookup, done, seen) & set(np.flatnonzero(active)))
             log.info("preview: %d block(s) of the job run (%d voxels read), %d more reached", len(done), voxels,
                      len(todo))
             if not todo:
                 return labels
-            if voxels > _max_voxels():
+            if voxels + _read_voxels(grid, todo) > _max_voxels():
                 log.warning("preview: objects in region %s reach %d more block(s) beyond the %d run "
                             "(bigseg.preview.max-voxels): they may differ in the full job", region_text(region),
                             len(todo), len(done))
                 return labels
     finally:
         store.remove(files.work_url)
+
+
+def _final_labels(files: JobFiles, summaries: list, lookup, under: list, region: tuple[slice, ...]):
+    """The stitched ids over ``region`` (from the blocks ``under`` it), and the objects (joined groups of
+    boundary fragments) seen there."""
+    fragments = open_array(files.fragments, "", 3)
+    labels = np.zeros(tuple(s.stop - s.start for s in region), np.uint64)
+    seen = set()
+    for b in under:
+        inside, s = intersect(b.core, region), summaries[b.id]
+        piece = fragments[inside]
+        lut = final_ids(lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)), int(lookup.interior_base[b.id]),
+                        s.n_fragments, np.uint64)
+        labels[shift(inside, _origin(region))] = lut[piece]
+        ids = np.unique(piece)
+        ids = ids[(ids > 0) & (ids <= s.n_boundary)]
+        if ids.size:
+            seen.update(lookup.boundary_groups[b.id][ids - 1].tolist())
+    return labels, seen
+
+
+def _block(grid, i: int):
+    return grid.block(np.unravel_index(i, grid.grid_shape))
+
+
+def _read_voxels(grid, ids) -> int:
+    """Voxels the blocks ``ids`` read (with their halo)."""
+    return sum(math.prod(s.stop - s.start for s in _block(grid, i).extended) for i in ids)
 
 
 def _reached(plan: Plan, files: JobFiles, summaries: list, lookup, done: set, seen: set) -> set:
@@ -218,7 +237,7 @@ def _reached(plan: Plan, files: JobFiles, summaries: list, lookup, done: set, se
         k = summaries[i].n_boundary
         if not k or not np.isin(lookup.boundary_groups[i], seen).any():
             continue
-        block = grid.block(np.unravel_index(i, grid.grid_shape))
+        block = _block(grid, i)
         for offset in grid.neighbour_offsets(block.index):
             index = tuple(a + o for a, o in zip(block.index, offset))
             other = grid.flat_id(index)

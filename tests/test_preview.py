@@ -1,8 +1,10 @@
 """Previews: a region segmented with the full job's job-wide values equals the full job's labels there."""
 from __future__ import annotations
 
+import logging
 import os
 
+import dask.config
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_preview_equals_the_full_job_over_the_region(client, tmp_path, ndim, met
         assert n > 0 and got.max() == n and set(np.unique(got)) == set(range(n + 1))  # ids 1..n
 
 
-def test_objects_cut_by_the_region_are_judged_whole(tmp_path):
+def test_objects_cut_by_the_region_are_judged_whole(tmp_path, caplog):
     """A U whose arms enter the region apart is one object; min_size counts the part outside the region."""
     image = np.full((64, 64), 10, np.uint16)
     image[10:40, 10:14] = image[10:40, 30:34] = image[36:40, 10:34] = 1000  # a U, open at the top (216 px)
@@ -60,6 +62,9 @@ def test_objects_cut_by_the_region_are_judged_whole(tmp_path):
     square = bigseg.preview(path, "threshold", region="45:55,35:64", **params)
     assert not square.any()  # 100 px < min_size, 50 of them inside the region
     assert bigseg.preview(path, "threshold", region="45:55,35:64", **{**params, "min_size": 90}).max() == 1
+    with dask.config.set({"bigseg.preview.max-voxels": 800}), caplog.at_level(logging.WARNING):
+        capped = bigseg.preview(path, "threshold", region="10:20,0:64", **params)  # the window may not grow
+    assert "reach beyond" in caplog.text and not capped.any()  # each arm alone is below min_size
 
 
 def _classifier(path) -> str:
