@@ -1,5 +1,5 @@
 """A dry run's block, on a worker: one block through the job's own worker functions (segment, relabel,
-pyramid, measure), timed, with the worker's peak memory measured, and every file it makes kept in the
+pyramid, stitch, measure), timed, with the worker's peak memory measured, and every file it makes kept in the
 worker's memory (an in-memory file system), so that nothing is written."""
 from __future__ import annotations
 
