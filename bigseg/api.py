@@ -1,9 +1,13 @@
 """The Python API: ``segment(spec | image, ...)`` runs one job on a cluster chosen by profile."""
 from __future__ import annotations
 
+import contextlib
 import os
 
+import numpy as np
+
 from bigseg.engine.handle import JobHandle
+from bigseg.estimate import Estimate
 from bigseg.errors import ParameterError
 from bigseg.io import store
 from bigseg.io.storage import StorageOptions
@@ -48,10 +52,35 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
     >>> result = bigseg.segment("nuclei.zarr", "watershed", name="nuclei", diameter="8um")  # doctest: +SKIP
     >>> spec = bigseg.JobSpec.from_file("job.yaml"); bigseg.segment(spec, profile="slurm")  # doctest: +SKIP
     """
-    spec = as_spec(job, method, name, **kwargs)
+    from bigseg import pipeline
+    with _planned_on_cluster(as_spec(job, method, name, **kwargs), profile, client, scheduler, workers,
+                             gpus) as (job_plan, c):
+        return pipeline.run(job_plan, c, observer, cancellation)
+
+
+def dry_run(job, method=None, name: str | None = None, *, profile: str | None = None, client=None,
+            scheduler: str | None = None, workers: int | None = None, gpus: int | str | None = None,
+            **kwargs) -> Estimate:
+    """Plan a job as :func:`segment` would, run one representative block (one with objects, near the image's
+    centre) on a worker of the job's cluster, and estimate the job: blocks, halo overhead, peak memory per
+    worker, seconds per stage. Nothing is written. Takes :func:`segment`'s arguments (less the observer).
+
+    >>> bigseg.dry_run("nuclei.zarr", "watershed", diameter="8um").summary()  # doctest: +SKIP
+    """
+    from bigseg.estimate import estimate
+    with _planned_on_cluster(as_spec(job, method, name, **kwargs), profile, client, scheduler, workers,
+                             gpus) as (job_plan, c):
+        return estimate(job_plan, c)
+
+
+@contextlib.contextmanager
+def _planned_on_cluster(spec: JobSpec, profile, client, scheduler, workers, gpus):
+    """The job planned for its cluster, and a client of that cluster: the one given, or one opened by profile
+    (the plan is checked before a cluster starts when the profile knows its size)."""
     from bigseg import cluster, pipeline
     if client is not None:
-        return pipeline.run(pipeline.plan(spec, cluster.n_workers(client)), client, observer, cancellation)
+        yield pipeline.plan(spec, cluster.n_workers(client)), client
+        return
     if scheduler is not None:
         if profile is not None:
             raise ParameterError("a scheduler address and a profile exclude each other: give one")
@@ -65,11 +94,51 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
         with cluster.open_cluster(profile, workers=workers, gpus=gpus, gpu=gpu) as c:  # by name: errors name it
             if prof.storage_options:
                 c.register_plugin(StorageOptions(prof.storage_options))
-            job_plan = job_plan or pipeline.plan(spec, cluster.n_workers(c))
-            return pipeline.run(job_plan, c, observer, cancellation)
+            yield job_plan or pipeline.plan(spec, cluster.n_workers(c)), c
     finally:
         if previous is not None:
             store.configure(previous)
+
+
+def preview(job, method=None, region=None, *, profile: str | None = None, workers: int | None = None,
+            **kwargs) -> np.ndarray:
+    """Segment one region of an image as the full job would: the job-wide values (threshold, normalisation)
+    come from the whole image's job sample, objects cut by the region's edge are seen whole, and the result
+    equals the full job's labels over the region (up to the numbering of objects). Runs in this process, needs
+    no cluster, writes nothing.
+
+    Parameters
+    ----------
+    job, method, **kwargs
+        The job, as for :func:`segment` (a spec, a job file, or an image with the method and its parameters).
+    region : str or sequence
+        ``"0:32,1000:1512,2000:2512"`` (start:stop per spatial axis z,y,x; ``:`` is the whole axis), or one
+        ``(start, stop)`` pair or slice per axis.
+    profile, workers
+        The cluster the full job would run on: its size sets the default blocks, which methods stitched by
+        overlap (watershed, deep models) depend on.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 labels of the region's shape: objects numbered 1..n, or class numbers for a class map.
+
+    Examples
+    --------
+    >>> labels = bigseg.preview("nuclei.zarr", "watershed", region="0:16,0:256,0:256", diameter=8)  # doctest: +SKIP
+    """
+    from bigseg import cluster, pipeline, previews
+    if region is None:
+        raise ParameterError("region: give the region to preview, one start:stop per axis, e.g. 0:32,0:512,0:512")
+    spec = as_spec(job, method, None, **kwargs)
+    view = pipeline.open_view(spec)
+    previews.region_of(region, view)  # checked before the job sample is read
+    n = cluster.resolve_profile(profile)[1].planned_workers(workers)
+    if n is None and spec.blocks.shape is None and previews.depends_on_blocks(spec.method, view.ndim):
+        raise ParameterError(f"method '{spec.method.name}' gives results that depend on the job's blocks, which "
+                             "depend on the size of the profile's cluster, unknown before it starts: set "
+                             "blocks.shape (or the number of workers) as the full job will have it")
+    return previews.preview(pipeline.plan_segmentation(spec, n or 1), region)
 
 
 def submit(job, method=None, name: str | None = None, **kwargs) -> JobHandle:

@@ -64,9 +64,7 @@ class BlockGrid:
         return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, self.block_shape, self.shape))
 
     def extended(self, index: tuple[int, ...]) -> tuple[slice, ...]:
-        align = self.align or (1,) * len(self.shape)
-        return tuple(slice(max((c.start - h) // a * a, 0), min(c.stop + h, s))
-                     for c, h, s, a in zip(self.core(index), self.halo, self.shape, align))
+        return extend(self.core(index), self.halo, self.shape, self.align)
 
     def block(self, index: tuple[int, ...]) -> Block:
         index = tuple(int(i) for i in index)
@@ -109,6 +107,14 @@ class BlockGrid:
                 if off > (0,) * len(off):  # lexicographically positive: each pair once
                     out.append((tuple(int(i) for i in index), off))
         return out
+
+
+def extend(region: tuple[slice, ...], halo: tuple[int, ...], shape: tuple[int, ...],
+           align: tuple[int, ...] | None = None) -> tuple[slice, ...]:
+    """``region`` with ``halo`` voxels around it, inside ``shape``, starting at a multiple of ``align``."""
+    align = align or (1,) * len(shape)
+    return tuple(slice(max((r.start - h) // a * a, 0), min(r.stop + h, s))
+                 for r, h, s, a in zip(region, halo, shape, align))
 
 
 def intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:

@@ -1,5 +1,6 @@
-"""The command line: ``bigseg demo``, ``info``, ``segment``, ``spec``, ``profiles``, ``train-pixel-classifier``,
-``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``, ``retry``, ``logs``.
+"""The command line: ``bigseg demo``, ``info``, ``segment`` (``--dry-run``), ``preview``, ``spec``, ``profiles``,
+``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``,
+``retry``, ``logs``.
 
 User mistakes (:class:`~bigseg.errors.BigsegError`) are printed as one line and exit 2; anything
 else is a bug and keeps its traceback.
@@ -15,7 +16,7 @@ import traceback
 
 from bigseg.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from bigseg.cli_flags import add_job_arguments, job_spec
-from bigseg.cli_render import ConsoleObserver, not_an_event
+from bigseg.cli_render import ConsoleObserver, estimate_lines, not_an_event
 from bigseg.cli_serve import add_serve_command, run_serve
 from bigseg.errors import BigsegError, ParameterError
 
@@ -49,7 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None, help="local cluster size (default: from cores and memory)")
     run.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     run.add_argument("--gpus", default=None, help="GPU workers to start beside the CPU workers: a count or 'auto'")
+    seg.add_argument("--dry-run", action="store_true", help="plan the job and run one block on the cluster, then "
+                     "print the blocks, halo overhead, peak memory per worker and seconds the job will take; "
+                     "writes nothing")
     seg.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
+    pv = sub.add_parser("preview", help="segment one region as the full job would (its threshold and "
+                        "normalisation, objects cut by the region seen whole), in this process, writing nothing")
+    add_job_arguments(pv)
+    pv.add_argument("--region", required=True, help="start:stop per axis (z,y,x), e.g. 0:32,1000:1512,2000:2512 "
+                    "(':' is the whole axis)")
+    pv.add_argument("--png", default=None, help="write the region's image with the label outlines (its middle "
+                    "plane in 3D) to this PNG file")
+    pv.add_argument("--profile", default=None, help="the full job's cluster profile (its size sets the default "
+                    "blocks, which watershed and deep models depend on)")
+    pv.add_argument("--workers", type=int, default=None, help="the full job's number of workers (same purpose)")
+    pv.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
 
     spec = sub.add_parser("spec", help="print the job file a command line means (YAML), or the job file's schema")
     add_job_arguments(spec)
@@ -76,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _log_to_stderr(args.verbose)
     try:
-        return {"demo": _demo, "info": _info, "segment": _segment, "spec": _spec, "profiles": _profiles,
-                "train-pixel-classifier": _train, "serve": run_serve,
+        return {"demo": _demo, "info": _info, "segment": _segment, "preview": _preview, "spec": _spec,
+                "profiles": _profiles, "train-pixel-classifier": _train, "serve": run_serve,
                 **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}[args.command](args)
     except BigsegError as err:
         if args.verbose:
@@ -104,8 +120,40 @@ def _log_to_stderr(verbose: bool) -> None:
 
 def _segment(args) -> int:
     import bigseg
+    if args.dry_run:
+        summary = bigseg.dry_run(job_spec(args), profile=args.profile, scheduler=args.scheduler,
+                                 workers=args.workers, gpus=args.gpus).summary()
+        for line in estimate_lines(summary):
+            print(line)
+        if args.json:
+            print(json.dumps(summary))
+        return 0
     bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
                    gpus=args.gpus, observer=ConsoleObserver(args.json))
+    return 0
+
+
+def _preview(args) -> int:
+    import numpy as np
+
+    import bigseg
+    from bigseg.pipeline import open_view
+    from bigseg.previews import write_picture
+    from bigseg.stitch_rules import Output
+    if args.png is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.png))):
+        raise ParameterError(f"--png {args.png}: no such folder; give a path in an existing folder")
+    spec = job_spec(args)
+    labels = bigseg.preview(spec, region=args.region, profile=args.profile, workers=args.workers)
+    kind = "classes" if spec.method.output() is Output.CLASSES else "objects"
+    found = int(np.count_nonzero(np.unique(labels)))
+    summary = {"region": args.region, "shape": list(labels.shape), kind: found, "method": spec.method.name}
+    print(f"preview  {args.region} {tuple(labels.shape)}: {found} {kind}, method {spec.method.name}")
+    if args.png is not None:
+        summary["png"] = write_picture(open_view(spec), args.region, labels, args.png)
+        plane = ", middle plane" if labels.ndim == 3 else ""
+        print(f"png      {args.png}  (label outlines over the image{plane})")
+    if args.json:
+        print(json.dumps(summary))
     return 0
 
 

@@ -82,6 +82,29 @@ def _background(summary: dict) -> str:
     return f", {n} background, not read" if n else ""
 
 
+def estimate_lines(s: dict) -> list[str]:
+    """A dry run's estimate (``Estimate.summary()``), as lines for people."""
+    b, m, t = s["block"], s["memory"], s["seconds"]
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if k != "total")
+    found = f"{b['fragments']} fragments ({b['boundary_fragments']} at its faces)"
+    which = "the non-empty block nearest the centre" if b["fragments"] else \
+        f"no objects in the {b['tried']} block(s) nearest the centre: the estimate is a lower bound"
+    tried = f", after {b['tried'] - 1} empty one(s)" if b["tried"] > 1 and b["fragments"] else ""
+    return [f"dry run  {s['image']} {tuple(s['shape'])}: nothing written",
+            f"blocks   {s['blocks']} of {tuple(s['block_shape'])}, halo {tuple(s['halo'])}; "
+            f"{s['blocks_background']} background (skipped), {s['blocks'] - s['blocks_background']} to segment",
+            f"block    {b['id']} {b['core']} ({which}{tried}): {found}, "
+            f"{b['seconds'].get('segment', 0):.2f}s",
+            f"halo     {s['halo_overhead']:.2f}x voxels read per voxel owned",
+            f"memory   ~{_mib(m['peak'])} per worker at its peak ({_mib(m['baseline'])} before a block + "
+            f"{_mib(m['block'])} for one)",
+            f"time     ~{t['total']:.1f}s on {s['workers']} workers ({stages})"]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
+
+
 def not_an_event(record: logging.LogRecord) -> bool:
     """Logging filter for the CLI's handler: lines the observer already shows are not printed twice."""
     return not getattr(record, "bigseg_event", False)

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import zarr
@@ -85,7 +85,8 @@ class Plan:
     view: ImageView
     method: Method
     grid: BlockGrid
-    target: label_io.LabelTarget
+    #: where the labels go (None: a plan without output, from :func:`plan_segmentation`)
+    target: label_io.LabelTarget | None
     min_size: int
     resume: bool = False
     #: where the foreground mask came from (None: no mask, every block is segmented)
@@ -106,6 +107,11 @@ class Plan:
         """Blocks skipped as background (no foreground in the low-resolution mask, dilated by the halo)."""
         return 0 if self.active is None else int(len(self.active) - self.active.sum())
 
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """The context the job reads around a block, per axis (the grid has 0 on axes with one block)."""
+        return _given_halo(self.spec, self.view) or self.method.halo(self.view.voxel_size)
+
     def identity(self) -> dict:
         """What must be the same for a job to resume another: the spec (less its run options) and what was
         derived from it (block plan, minimum size, job-wide values such as the threshold)."""
@@ -120,37 +126,66 @@ IDENTITY_FORMAT = 3
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
     """Open the image and check everything about the job before any cluster starts or any byte is written."""
-    image = open_image(spec.input.url)
-    view = image.view(spec.input.level, spec.input.channel, spec.input.timepoint, spec.input.stain)
-    voxel_size = view.voxel_size
-    method = spec.method
-    method.check(voxel_size)
-    halo = None
-    if spec.blocks.halo is not None:
-        halo = tuple(int(math.ceil(h)) for h in Method.voxels(spec.blocks.halo, voxel_size, "blocks.halo"))
-    if spec.blocks.shape is not None:
-        plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.blocks.shape)  # checks the block shape
+    view, halo = _checked(spec)
     target = label_io.plan_target(view, spec.label_name, spec.output.url, spec.output.overwrite)
     lock_io.check_free(target.url)
     recorded = None
     if not spec.output.overwrite and label_io.state(target.url) == "incomplete":
         recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
+    block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
+    job = replace(_segmentation(spec, view, halo, n_workers, block), target=target, resume=recorded is not None)
+    if recorded is not None:
+        check_resumable(recorded, job.identity(), target.url)
+    return job
+
+
+def plan_segmentation(spec: JobSpec, n_workers: int) -> Plan:
+    """The part of :func:`plan` that needs no output: the image opened, the method checked and prepared (the
+    job-wide values from the job sample), halo and block grid. Its ``target`` is None: for previews, which
+    write nothing and work on read-only images. ``n_workers`` sizes the default blocks, as in :func:`plan`."""
+    view, halo = _checked(spec)
+    return _segmentation(spec, view, halo, n_workers, spec.blocks.shape)
+
+
+def _checked(spec: JobSpec) -> tuple[ImageView, tuple[int, ...] | None]:
+    """The view the job segments, with the method, halo and block shape checked against it (no pixel read)."""
+    view = open_view(spec)
+    spec.method.check(view.voxel_size)
+    halo = _given_halo(spec, view)
+    if spec.blocks.shape is not None:
+        plan_grid(view.shape, view.chunks, (0,) * view.ndim, spec.blocks.shape)  # checks the block shape
+    return view, halo
+
+
+def open_view(spec: JobSpec) -> ImageView:
+    """The level, channel and timepoint of the image that the job segments (metadata only)."""
+    return open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint,
+                                           spec.input.stain)
+
+
+def _given_halo(spec: JobSpec, view: ImageView) -> tuple[int, ...] | None:
+    """``blocks.halo`` in voxels per axis (None: the method's own)."""
+    if spec.blocks.halo is None:
+        return None
+    return tuple(int(math.ceil(h)) for h in Method.voxels(spec.blocks.halo, view.voxel_size, "blocks.halo"))
+
+
+def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, n_workers: int,
+                  block: tuple[int, ...] | None) -> Plan:
+    """Job-wide values (once per job, from the job sample) and the block grid; no output yet."""
+    voxel_size = view.voxel_size
     clear_sample_cache()  # the sample is read once per job, never reused from an earlier one
     check_values(view, spec.options.skip_bad_blocks)
-    method = method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
+    method = spec.method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = halo or method.halo(voxel_size)
     budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
-    block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
     grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim))
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
     mask = foreground_blocks(spec.foreground, view, grid, dark=bool(getattr(method, "dark_objects", False)))
-    job = Plan(spec, view, method, grid, target, method.object_min_size(voxel_size), recorded is not None, mask)
-    if recorded is not None:
-        check_resumable(recorded, job.identity(), target.url)
-    return job
+    return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask)
 
 
 def check_values(view: ImageView, skip_unreadable: bool = False) -> None:
@@ -214,7 +249,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         if not plan.resume:
             label_io.start(target)
             zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
-                              chunks=_inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
+                              chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(plan.identity())  # from here on, the job can be resumed
     started = ev.JobStarted(view.image.url, spec.input.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
                             tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
@@ -309,7 +344,7 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
         return resolve(summaries, len(grid), edges, plan.min_size)
 
 
-def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
+def inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Small chunks inside each block-sized shard, so stitching reads thin slabs, not whole blocks."""
     out = []
     for b in block_shape:

@@ -28,15 +28,35 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str) -> str:
     """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole."""
-    import imageio.v3 as iio
-    for i, path in enumerate(label_paths):
-        lv = view.at_level(view.level + i)
-        if math.prod(lv.shape[-2:]) <= MAX_PIXELS or i == len(label_paths) - 1:
-            break
-    region = tuple(slice(s // 2, s // 2 + 1) for s in lv.shape[:-2]) + tuple(slice(0, s) for s in lv.shape[-2:])
+    i = picture_level(view, len(label_paths))
+    lv = view.at_level(view.level + i)
+    region = picture_plane(lv)
     plane = lv.read(region).reshape(lv.shape[-2:])
-    labels = np.asarray(open_array(labels_url, path, zarr_format)[region]).reshape(lv.shape[-2:])
+    labels = np.asarray(open_array(labels_url, label_paths[i], zarr_format)[region]).reshape(lv.shape[-2:])
+    return write_picture(plane, labels, url)
+
+
+def picture_level(view: ImageView, n_levels: int) -> int:
+    """The level (counted from the segmented one, below ``n_levels``) whose plane the picture shows."""
+    for i in range(n_levels):
+        lv = view.at_level(view.level + i)
+        if math.prod(lv.shape[-2:]) <= MAX_PIXELS:
+            return i
+    return n_levels - 1
+
+
+def picture_plane(lv: ImageView) -> tuple[slice, ...]:
+    """The middle plane (3D) or the whole plane (2D) of a level."""
+    return tuple(slice(s // 2, s // 2 + 1) for s in lv.shape[:-2]) + tuple(slice(0, s) for s in lv.shape[-2:])
+
+
+def write_picture(plane: np.ndarray, labels: np.ndarray, url: str, zoom: int = 1) -> str:
+    """Write :func:`overlay` of one plane and its labels as a PNG, each pixel ``zoom`` x ``zoom`` pixels."""
+    import imageio.v3 as iio
+    rgb = overlay(plane, labels)
+    if zoom > 1:
+        rgb = np.repeat(np.repeat(rgb, zoom, axis=0), zoom, axis=1)
     fs, local = store.filesystem(url)
     with fs.open(local, "wb") as f:
-        f.write(iio.imwrite("<bytes>", overlay(plane, labels), extension=".png"))
+        f.write(iio.imwrite("<bytes>", rgb, extension=".png"))
     return url

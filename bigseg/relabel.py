@@ -24,12 +24,19 @@ class RelabelTask:
 
 def relabel_block(task: RelabelTask) -> int:
     """Write the block's final labels; returns the number of voxels written."""
-    k = task.boundary_ids.size
-    lut = np.empty(task.n_fragments + 1, task.dtype)
-    lut[0] = 0
-    lut[1:k + 1] = task.boundary_ids
-    lut[k + 1:] = task.interior_base + np.arange(1, task.n_fragments - k + 1)
+    lut = final_ids(task.boundary_ids, task.interior_base, task.n_fragments, task.dtype)
     fragments = open_array(task.fragments_url, "", 3)[task.block.core]
     out = open_array(task.labels_url, task.labels_path, task.zarr_format, mode="r+")
     out[task.block.core] = lut[fragments]
     return int(fragments.size)
+
+
+def final_ids(boundary_ids: np.ndarray, interior_base: int, n_fragments: int, dtype="u4") -> np.ndarray:
+    """Lookup fragment -> final id of one block: boundary fragments 1..k as resolved, interior fragment k + j
+    -> ``interior_base + j``, 0 -> 0."""
+    k = boundary_ids.size
+    lut = np.empty(n_fragments + 1, dtype)
+    lut[0] = 0
+    lut[1:k + 1] = boundary_ids
+    lut[k + 1:] = interior_base + np.arange(1, n_fragments - k + 1)
+    return lut

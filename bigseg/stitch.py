@@ -21,7 +21,7 @@ by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -154,6 +154,8 @@ class Lookup:
     interior_base: np.ndarray
     row_labels: np.ndarray
     row_prefix: np.ndarray
+    #: the object (joined group, before min_size and sliver dropping) of each boundary fragment, by block
+    boundary_groups: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def resolve(summaries: list[BlockSummary], n_blocks: int, edges, min_size: int) -> Lookup:
@@ -177,12 +179,12 @@ def resolve(summaries: list[BlockSummary], n_blocks: int, edges, min_size: int) 
     final = np.zeros(n_comp, _id_dtype(n_boundary_objects))
     final[kept] = np.arange(1, n_boundary_objects + 1)
     fragment_ids = final[comp]
-    del comp
     interior = n - k
     base = n_boundary_objects + np.concatenate([[0], np.cumsum(interior)[:-1]])
     boundary_ids = {int(b): fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
+    groups = {int(b): comp[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(k)}
     return Lookup(int(n_boundary_objects + interior.sum()), n_boundary_objects, boundary_ids, base,
-                  fragment_ids, prefix)
+                  fragment_ids, prefix, groups)
 
 
 def components(src: np.ndarray, dst: np.ndarray, total: int) -> tuple[int, np.ndarray]:

@@ -29,6 +29,8 @@ class StitchRule:
     keeps_halo: ClassVar[bool] = False
     #: blocks must overlap (a halo of at least one voxel) for the rule to see both sides
     needs_halo: ClassVar[bool] = False
+    #: the stitched objects are the same whatever the blocking (so a preview may use its own window)
+    independent_of_blocks: ClassVar[bool] = False
 
     def fragments(self, core: np.ndarray) -> np.ndarray:
         """The labels of a block's core, as the fragments this rule joins."""
@@ -45,6 +47,7 @@ class Touch(StitchRule):
     components: a block's fragments are the components of its core alone (the halo's edge is smoothed
     without context, so halo voxels may join objects that are apart)."""
 
+    independent_of_blocks: ClassVar[bool] = True
     #: 1 = voxels touch by faces only; ndim = by faces, edges and corners
     connectivity: int
 

@@ -55,3 +55,16 @@ def add_corner_objects(image: np.ndarray, block: tuple[int, ...], radius: float 
         inside = sum(((g - ci) / radius) ** 2 for g, ci in zip(grids, c)) <= 1
         out[inside] = value
     return out
+
+
+def cli_fails(capsys, argv, *words) -> str:
+    """Runs the CLI in-process; checks exit 2, one stderr line naming the problem (with ``words``), no
+    traceback; returns the line."""
+    from bigseg.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("bigseg: error: "), err
+    for w in words:
+        assert w in err[0], err[0]
+    return err[0]

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from bigseg.cli import main
-from conftest import checksums, write_image
+from conftest import checksums, cli_fails as _fails, write_image
 
 
 @pytest.fixture
@@ -19,17 +19,6 @@ def image2d(tmp_path):
     from bigseg.synthetic import nuclei
     image, _ = nuclei((128, 128), seed=1)
     return write_image(tmp_path / "img2d.zarr", image, "yx", (32, 32), levels=2)
-
-
-def _fails(capsys, argv, *words):
-    """Runs the CLI in-process; checks exit 2, one stderr line naming the problem, no traceback."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("bigseg: error: "), err
-    for w in words:
-        assert w in err[0], err[0]
-    return err[0]
 
 
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, image2d, nuclei3d):

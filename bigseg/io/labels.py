@@ -126,7 +126,7 @@ def create_levels(target: LabelTarget, view: ImageView, dtype: np.dtype) -> list
     arrays = []
     axes = list(view.image.spatial_axes)
     for i, level in enumerate(range(view.level, len(view.image.levels))):
-        lv = view.image.view(level, view.channel, view.timepoint)
+        lv = view.at_level(level)
         chunks = tuple(min(c, s) for c, s in zip(lv.chunks, lv.shape))
         kwargs = dict(name=target.level_path(i), shape=lv.shape, chunks=chunks, dtype=dtype, fill_value=0)
         if target.zarr_format == 2:
