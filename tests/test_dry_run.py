@@ -2,11 +2,9 @@
 and nothing is written."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
-import numpy as np
 import pytest
 
 import bigseg
@@ -58,17 +56,18 @@ def test_dry_run_estimates_the_jobs_memory_and_seconds_and_writes_nothing(image,
     assert result.seconds["total"] / 3 <= seconds <= 3 * result.seconds["total"], (estimate.seconds, result.seconds)
 
 
-def test_a_job_whose_every_block_is_background_is_refused(client, image):
-    from bigseg.api import as_spec
+def test_a_job_whose_every_block_is_background_is_refused(client, image, capsys):
     from bigseg.errors import InputError
-    from bigseg.estimate import estimate
-    from bigseg.pipeline import plan
-    planned = plan(as_spec(image, "threshold", block=BLOCK), 2)
-    background = dataclasses.replace(planned, active=np.zeros(len(planned.grid), bool))
-    assert background.active_blocks() == [] and background.blocks_background == 4
+    # a foreground threshold above every intensity: the mask is empty, every block is background
     with pytest.raises(InputError, match="every block is background") as err:
-        estimate(background, client)
+        bigseg.dry_run(image, "threshold", block=BLOCK, foreground_threshold=1e9, client=client)
     assert len(str(err.value).splitlines()) == 1
+    before = checksums(image)
+    assert main(["segment", image, "--method", "threshold", "--block", "32,96,96", "--dry-run",
+                 "--foreground-threshold", "1e9", "--scheduler", client.scheduler.address]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every block is background" in err[0]
+    assert checksums(image) == before and not os.path.exists(os.path.join(image, "labels"))
 
 
 def test_dry_run_command_prints_the_estimate_and_refuses_bad_input(capsys, image):
