@@ -41,7 +41,8 @@ image = zarr.open_array(path + "/s0", mode="r")[:]
 t1 = time.perf_counter()
 labels = get_method(method, threshold=threshold)(image, VoxelSize.isotropic(image.ndim))
 t2 = time.perf_counter()
-zarr.create_array(out, data=labels.astype(np.uint32), chunks=(64, 256, 256), overwrite=True)
+chunks = (64, 256, 256) if labels.ndim == 3 else (1024, 1024)
+zarr.create_array(out, data=labels.astype(np.uint32), chunks=chunks, overwrite=True)
 regionprops_table(labels, image, properties=("label", "area", "centroid", "bbox", "intensity_mean",
                                              "intensity_min", "intensity_max"))
 t3 = time.perf_counter()
@@ -51,11 +52,14 @@ print(json.dumps({"read": t1 - t0, "segment": t2 - t1, "write+measure": t3 - t2,
 
 
 class PeakMemory:
-    """Samples the summed and the largest RSS of the cluster's worker processes."""
+    """Samples the largest RSS of the cluster's worker processes (``peak_worker``) and of this, the client's,
+    process (``peak_client``)."""
 
     def __init__(self, client):
         self.pids = list(client.run(os.getpid).values())
         self.peak_worker = 0
+        self.peak_client = 0
+        self._me = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -66,6 +70,7 @@ class PeakMemory:
                     self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
                 except psutil.NoSuchProcess:
                     pass
+            self.peak_client = max(self.peak_client, self._me.memory_info().rss)
             time.sleep(0.05)
 
     def __enter__(self):

@@ -40,18 +40,26 @@ def nuclei(shape: tuple[int, ...], radius: tuple[float, float] = (4.0, 7.0), fil
 
 
 def _apart(centres: np.ndarray, radii: np.ndarray, r_max: float, overlap: float) -> np.ndarray:
-    """Which balls to keep so that no two kept ones are closer than ``overlap`` times their radii summed (the
-    later of a too-close pair is dropped, in index order)."""
+    """Which balls to keep so that no two kept ones are closer than ``overlap`` times their radii summed: in
+    index order, a ball is kept unless an earlier kept ball is too close (decided in rounds, vectorised)."""
     keep = np.ones(len(centres), bool)
-    pairs = cKDTree(centres).query_pairs(2 * r_max, output_type="ndarray")
-    if len(pairs):
-        i, j = pairs.T
-        close = np.linalg.norm(centres[i] - centres[j], axis=1) < overlap * (radii[i] + radii[j])
-        close = pairs[close]
-        for a, b in close[np.lexsort(close.T[::-1])].tolist():
-            if keep[a] and keep[b]:
-                keep[b] = False
-    return keep
+    pairs = cKDTree(centres).query_pairs(2 * r_max, output_type="ndarray")  # i < j
+    if not len(pairs):
+        return keep
+    i, j = pairs.T
+    close = np.linalg.norm(centres[i] - centres[j], axis=1) < overlap * (radii[i] + radii[j])
+    i, j = i[close], j[close]
+    state = np.zeros(len(centres), np.int8)  # 0 undecided, 1 kept, -1 dropped
+    while True:
+        undecided = state == 0
+        dropped = np.zeros(len(centres), bool)
+        dropped[j[state[i] == 1]] = True  # an earlier neighbour is kept
+        blocked = np.zeros(len(centres), bool)
+        blocked[j[state[i] != -1]] = True  # an earlier neighbour may still be kept
+        state[undecided & dropped] = -1
+        state[undecided & ~dropped & ~blocked] = 1
+        if not (state == 0).any():
+            return state == 1
 
 
 def slide(shape: tuple[int, int], tissue: float = 0.4, seed: int = 0, radius: tuple[float, float] = (4.0, 7.0),
