@@ -63,7 +63,7 @@ def _apart(centres: np.ndarray, radii: np.ndarray, r_max: float, overlap: float)
 
 
 def slide(shape: tuple[int, int], tissue: float = 0.4, seed: int = 0, radius: tuple[float, float] = (4.0, 7.0),
-          fill: float = 0.15, noise: float = 40.0, overlap: float = 0.85, blobs: float = 3.0,
+          fill: float = 0.15, noise: float = 40.0, overlap: float = 0.85, blobs: float = 2.0,
           autofluorescence: float = 40.0, tile: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """A 2D whole-slide fluorescence image: a few large irregular tissue regions (``tissue`` of the area, see
     :func:`tissue_mask`) filled with nuclei as in :func:`nuclei` (``fill`` of the tissue) on a faint
@@ -107,7 +107,7 @@ def slide(shape: tuple[int, int], tissue: float = 0.4, seed: int = 0, radius: tu
     return image, truth
 
 
-def tissue_mask(shape: tuple[int, int], tissue: float = 0.4, seed: int = 0, blobs: float = 3.0,
+def tissue_mask(shape: tuple[int, int], tissue: float = 0.4, seed: int = 0, blobs: float = 2.0,
                 tile: int = 1024) -> np.ndarray:
     """Where :func:`slide` (same ``shape``, ``tissue``, ``seed``, ``blobs``) puts tissue: a smooth random field
     above its ``1 - tissue`` quantile, so the regions cover ``tissue`` of the area (up to interpolation)."""
@@ -128,15 +128,18 @@ TISSUE_CELLS = 256
 
 
 def _tissue_field(shape, tissue: float, seed: int, blobs: float) -> tuple[np.ndarray, float]:
-    """A low-resolution smooth random field (large blobs with ragged borders) and the level above which it is
-    tissue."""
+    """A low-resolution smooth random field (large blobs with ragged borders, low near the slide's edges) and
+    the level above which it is tissue."""
     if not 0 < tissue <= 1:
         raise ValueError(f"tissue={tissue}: give the tissue fraction of the area, in (0, 1]")
     rng = np.random.default_rng([seed, 1])
     cells = tuple(max(2, math.ceil(TISSUE_CELLS * s / max(shape))) for s in shape)
-    coarse = ndi.gaussian_filter(rng.standard_normal(cells), TISSUE_CELLS / (4 * blobs), mode="wrap")
-    ragged = ndi.gaussian_filter(rng.standard_normal(cells), TISSUE_CELLS / 96, mode="wrap")
-    field = (coarse / coarse.std() + 0.25 * ragged / ragged.std()).astype(np.float32)
+    coarse = ndi.gaussian_filter(rng.standard_normal(cells), TISSUE_CELLS / (4 * blobs))
+    ragged = ndi.gaussian_filter(rng.standard_normal(cells), TISSUE_CELLS / 96)
+    edge = np.minimum.reduce([np.minimum(g, 1 - g) for g in np.meshgrid(
+        *(np.linspace(0, 1, c) for c in cells), indexing="ij")])  # 0 at the slide's edge, 0.5 at its centre
+    margin = 2 * np.clip(1 - edge / 0.15, 0, None) ** 2  # glass margins: sections lie inside the slide
+    field = (coarse / coarse.std() + 0.12 * ragged / ragged.std() - margin).astype(np.float32)
     level = -np.inf if tissue >= 1 else float(np.quantile(field, 1 - tissue))
     return field, level
 
