@@ -51,27 +51,22 @@ print(json.dumps({"read": t1 - t0, "segment": t2 - t1, "write+measure": t3 - t2,
 """
 
 
-class PeakMemory:
-    """Samples the largest RSS of the cluster's worker processes (``peak_worker``) and of this, the client's,
-    process (``peak_client``)."""
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a thread while in a ``with`` block."""
 
-    def __init__(self, client):
-        self.pids = list(client.run(os.getpid).values())
-        self.peak_worker = 0
-        self.peak_client = 0
-        self._me = psutil.Process()
+    interval = 0.05
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self):
         while not self._stop.is_set():
-            for pid in self.pids:
-                try:
-                    self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak_client = max(self.peak_client, self._me.memory_info().rss)
-            time.sleep(0.05)
+            self.sample()
+            self._stop.wait(self.interval)
 
     def __enter__(self):
         self._thread.start()
@@ -80,6 +75,26 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(Sampler):
+    """Samples the largest RSS of the cluster's worker processes (``peak_worker``) and of this, the client's,
+    process (``peak_client``)."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.pids = list(client.run(os.getpid).values())
+        self.peak_worker = 0
+        self.peak_client = 0
+        self._me = psutil.Process()
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            try:
+                self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+        self.peak_client = max(self.peak_client, self._me.memory_info().rss)
 
 
 DASK_IMAGE = r"""

@@ -37,9 +37,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import psutil
@@ -48,11 +47,11 @@ import zarr
 import bigseg
 from bigseg.io.ome import open_image
 from bigseg.methods._sample import global_percentiles
-from bigseg.synthetic import nuclei, slide, write_ome_zarr
+from bigseg.synthetic import nuclei, slide, tissue_mask, write_ome_zarr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from bench_core import MONOLITHIC, PeakMemory  # noqa: E402
+from bench_core import MONOLITHIC, PeakMemory, Sampler  # noqa: E402
 from matching import match, same_partition  # noqa: E402
 
 GB = 2**30
@@ -109,7 +108,7 @@ class Job:
                 f"halo {max(r.halo)}")
 
     def client_text(self) -> str:
-        return f"{self.client_gb:.2f} (+{self.client_gb - self.client_start_gb:.2f})"
+        return f"{self.client_gb:.2f} ({self.client_gb - self.client_start_gb:+.2f})"
 
 
 @dataclass
@@ -133,7 +132,9 @@ class Bench:
         """The whole-slide image of cases a, b and g (written once)."""
         def make():
             n = self.sizes.slide
-            return write_image(self.path("slide.zarr"), lambda: slide((n, n), tissue=0.4, seed=0), 1024)
+            glass = 1 - tissue_mask((n, n), tissue=0.4, seed=0).mean()
+            return write_image(self.path("slide.zarr"), lambda: slide((n, n), tissue=0.4, seed=0), 1024,
+                               f"{100 * glass:.0f}% glass")
         return self.once("slide", make)
 
     def volume(self, chunks: tuple[int, ...] = (64, 256, 256)) -> str:
@@ -170,7 +171,7 @@ class Bench:
         return job
 
 
-def write_image(path: str, make, chunks) -> str:
+def write_image(path: str, make, chunks, note: str = "") -> str:
     """Make an image (``make() -> (image, truth or None)``) and write it as OME-Zarr 0.5, levels down to <= 1024
     (in this process: not through the benchmark's cluster)."""
     import dask
@@ -182,6 +183,7 @@ def write_image(path: str, make, chunks) -> str:
     with dask.config.set(scheduler="threads"):
         write_ome_zarr(path, image, "zyx"[-image.ndim:], chunks, version="0.5", levels=levels)
     what = "" if truth is None else f", {truth.max()} nuclei, {100 * (truth == 0).mean():.0f}% background"
+    what += f", {note}" if note else ""
     print(f"# data {os.path.basename(path)}: {'x'.join(map(str, image.shape))} uint16{what}, chunks {chunks}; "
           f"made in {t1 - t0:.0f}s, written in {time.perf_counter() - t1:.0f}s", flush=True)
     return path
@@ -358,29 +360,22 @@ print(n)
 """
 
 
-class GpuUtilisation:
-    """Samples ``nvidia-smi``'s GPU utilisation (percent, all GPUs averaged) twice a second."""
+class GpuUtilisation(Sampler):
+    """Samples ``nvidia-smi``'s GPU utilisation (percent, averaged over the GPUs) twice a second."""
+
+    interval = 0.5
 
     def __init__(self):
+        super().__init__()
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, check=False).stdout.split()
-            if out:
-                self.samples.append(sum(map(float, out)) / len(out))
-            time.sleep(0.5)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        if shutil.which("nvidia-smi") is None:
+            return
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=False).stdout.split()
+        if out:
+            self.samples.append(sum(map(float, out)) / len(out))
 
 
 def gpu(b: Bench) -> list[Row]:
@@ -445,7 +440,7 @@ def main():
     cases = chosen_cases(args.cases)
     sizes = QUICK if args.quick else FULL
     if args.stardist_block is not None:
-        sizes = Sizes(**{**sizes.__dict__, "stardist_block": args.stardist_block})
+        sizes = replace(sizes, stardist_block=args.stardist_block)
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
     print(f"# {'quick' if args.quick else 'default'} sizes: {sizes}; cases {', '.join(cases)}; "
