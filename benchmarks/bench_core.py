@@ -41,7 +41,8 @@ image = zarr.open_array(path + "/s0", mode="r")[:]
 t1 = time.perf_counter()
 labels = get_method(method, threshold=threshold)(image, VoxelSize.isotropic(image.ndim))
 t2 = time.perf_counter()
-zarr.create_array(out, data=labels.astype(np.uint32), chunks=(64, 256, 256), overwrite=True)
+chunks = (64, 256, 256) if labels.ndim == 3 else (1024, 1024)
+zarr.create_array(out, data=labels.astype(np.uint32), chunks=chunks, overwrite=True)
 regionprops_table(labels, image, properties=("label", "area", "centroid", "bbox", "intensity_mean",
                                              "intensity_min", "intensity_max"))
 t3 = time.perf_counter()
@@ -50,23 +51,22 @@ print(json.dumps({"read": t1 - t0, "segment": t2 - t1, "write+measure": t3 - t2,
 """
 
 
-class PeakMemory:
-    """Samples the summed and the largest RSS of the cluster's worker processes."""
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a thread while in a ``with`` block."""
 
-    def __init__(self, client):
-        self.pids = list(client.run(os.getpid).values())
-        self.peak_worker = 0
+    interval = 0.05
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self):
         while not self._stop.is_set():
-            for pid in self.pids:
-                try:
-                    self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.05)
+            self.sample()
+            self._stop.wait(self.interval)
 
     def __enter__(self):
         self._thread.start()
@@ -75,6 +75,26 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(Sampler):
+    """Samples the largest RSS of the cluster's worker processes (``peak_worker``) and of this, the client's,
+    process (``peak_client``)."""
+
+    def __init__(self, client):
+        super().__init__()
+        self.pids = list(client.run(os.getpid).values())
+        self.peak_worker = 0
+        self.peak_client = 0
+        self._me = psutil.Process()
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            try:
+                self.peak_worker = max(self.peak_worker, psutil.Process(pid).memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+        self.peak_client = max(self.peak_client, self._me.memory_info().rss)
 
 
 DASK_IMAGE = r"""
