@@ -4,17 +4,34 @@ import shutil
 
 import pytest
 
-NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "explore.ipynb")
+NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+
+
+def _execute(name: str, folder) -> list:
+    """Run a notebook of notebooks/ in ``folder``; its cells' PNG outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+    shutil.copy(os.path.join(NOTEBOOKS, name), folder / name)
+    nb = nbformat.read(folder / name, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
 
 
 @pytest.mark.slow
 def test_explore_notebook_runs_and_draws(tmp_path):
-    import nbformat
-    from nbclient import NotebookClient
-    shutil.copy(NOTEBOOK, tmp_path / "explore.ipynb")
-    nb = nbformat.read(tmp_path / "explore.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    pictures = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                if "image/png" in o.get("data", {})]
+    pictures = _execute("explore.ipynb", tmp_path)
     assert len(pictures) == 4  # stages, QC overlay, labels, table plots
     assert os.path.exists(tmp_path / "explore-demo.zarr" / "labels" / "nuclei" / "measurements.parquet")
+
+
+@pytest.mark.slow
+def test_wholeslide_notebook_previews_dry_runs_segments_and_plots(tmp_path):
+    import pandas as pd
+    import zarr
+    pictures = _execute("wholeslide.ipynb", tmp_path)
+    assert len(pictures) == 4  # thumbnail with the region, two previews, labels over the slide, table plots
+    labels = tmp_path / "wholeslide-demo.zarr" / "labels" / "nuclei"
+    meta = zarr.open_group(str(labels), mode="r").attrs["bigseg"]
+    assert meta["blocks_background"] > 0  # glass blocks were skipped
+    assert len(pd.read_parquet(labels / "measurements.parquet")) == meta["objects"] > 1000
