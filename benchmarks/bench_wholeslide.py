@@ -21,8 +21,8 @@ run in one fresh process each (peak memory from ``resource.getrusage``).
   e scaling       the same watershed job (diameter 4.5, blocks 512^2 [256^2]) on slides of small nuclei (r 1.5-3,
                   fill 0.3, all tissue) of 1024^2, 2896^2, 8192^2 [512^2, 1448^2, 4096^2] pixels (1x, 8x, 64x;
                   1.27 million nuclei [0.32 million] at 64x): seconds, client (this process) and worker peak RSS.
-  f resolve-scale ``benchmarks/bench_resolve_scale.py``'s ``rows()`` (client-side resolve at 1,000 / 4,000 /
-                  31,000 synthetic blocks), when that module exists.
+  f resolve-scale ``benchmarks/bench_resolve_scale.run()``: the client-side resolve at 1,000 / 4,000 / 31,000
+                  [1,000 / 4,000] synthetic blocks (10^12 voxels at 31,000), vs the former way as the reference.
   g gpu           case a with ``gpus="auto"`` where ``nvidia-smi`` lists a GPU and TensorFlow sees it (GPU
                   utilisation, blocks/s); else "no GPU".
 
@@ -32,7 +32,6 @@ Writes its data and outputs under --dir (removed first; about 2 GB at the defaul
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -325,23 +324,22 @@ def scaling(b: Bench) -> list[Row]:
 
 
 def resolve_scale(b: Bench) -> list[Row]:
-    """Rows of ``bench_resolve_scale.rows()`` (dicts; ``blocks``, ``seconds`` and ``client_gb`` go to their
-    columns, any other key to the result)."""
+    """``bench_resolve_scale.run()``: the client-side resolve, the current way (bigseg) vs the former one (the
+    reference column), each in a fresh process, at each block count."""
     try:
         import bench_resolve_scale
     except ImportError as err:
         return [Row("f resolve-at-10^12", "-", "-", result=f"unavailable ({err})")]
-    rows_fn = getattr(bench_resolve_scale, "rows", None)
-    if not callable(rows_fn):
-        return [Row("f resolve-at-10^12", "-", "-", result="unavailable (bench_resolve_scale has no rows())")]
-    kwargs = {"quick": b.args.quick} if "quick" in inspect.signature(rows_fn).parameters else {}
+    found = bench_resolve_scale.run((1000, 4000)) if b.args.quick else bench_resolve_scale.run()
+    old = {r["blocks"]: r for r in found if r["way"] == "old"}
     out = []
-    for r in rows_fn(**kwargs):
-        r = dict(r)
-        blocks, seconds, client = r.pop("blocks", "?"), r.pop("seconds", None), r.pop("client_gb", None)
-        out.append(Row("f resolve-at-10^12", f"{blocks} synthetic blocks", "client-side resolve", seconds,
-                       client_gb="" if client is None else f"{client:.2f}",
-                       result=", ".join(f"{k} {v}" for k, v in r.items())))
+    for new in (r for r in found if r["way"] == "new"):
+        ref = old.get(new["blocks"], {})
+        note = "" if ref.get("measured", True) else "; former way extrapolated"
+        out.append(Row("f resolve-at-10^12", f"{new['blocks']} synthetic blocks", "client-side resolve",
+                       new["seconds"], "former way (partials on the client)", ref.get("seconds"),
+                       client_gb=f"{new['peak_gb']:.2f} ({new['growth_gb']:+.2f})", ref_gb=ref.get("peak_gb"),
+                       result=f"{new['objects']} boundary objects, {new['tasks']} merge tasks{note}"))
     return out
 
 
