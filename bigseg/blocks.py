@@ -9,11 +9,24 @@ import numpy as np
 
 from bigseg.errors import ParameterError
 
-#: Default budget of core voxels per block (before the halo); the methods use ~40 bytes a voxel.
+#: Default budget of core voxels per block (before the halo).
 DEFAULT_BLOCK_VOXELS = 2**25
+#: Default budget of a block's working memory: with a method's bytes per voxel it bounds the default block
+#: (StarDist's ~500 bytes a voxel make 4 M-voxel blocks, the classical methods' ~40 the full 32 M).
+DEFAULT_BLOCK_BYTES = 2**31
+#: Default blocks are at most a 1/(this x workers) of the image, so that every worker gets several blocks (balance,
+#: and background skipping has blocks to skip).
+BLOCKS_PER_WORKER = 4
 #: Default blocks are at least this many halos along each axis (where memory allows), so that the halo read
 #: around a block stays a fraction of it (a block of 4 halos reads 1.5x its core per axis).
 HALOS_PER_BLOCK = 4
+
+
+def block_budget(shape: tuple[int, ...], n_workers: int, bytes_per_voxel: int) -> tuple[int, int]:
+    """(voxels a default block aims at, voxels it may not exceed): the memory bound from the method's bytes per
+    voxel, and within it a share of the image that gives each worker :data:`BLOCKS_PER_WORKER` blocks."""
+    memory = max(1, min(DEFAULT_BLOCK_VOXELS, DEFAULT_BLOCK_BYTES // max(bytes_per_voxel, 1)))
+    return max(1, min(memory, math.prod(shape) // (BLOCKS_PER_WORKER * max(n_workers, 1)))), memory
 
 
 def region_text(region: tuple[slice, ...]) -> str:
@@ -129,12 +142,14 @@ def shift(region: tuple[slice, ...], origin: tuple[int, ...]) -> tuple[slice, ..
 
 def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, ...],
               block_shape: tuple[int, ...] | None = None,
-              max_voxels: int = DEFAULT_BLOCK_VOXELS, align: tuple[int, ...] | None = None) -> BlockGrid:
+              max_voxels: int = DEFAULT_BLOCK_VOXELS, align: tuple[int, ...] | None = None,
+              memory_voxels: int = DEFAULT_BLOCK_VOXELS) -> BlockGrid:
     """Choose (or check) a block shape: a multiple of the chunk shape, halo smaller than the block."""
     ndim = len(shape)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
     if block_shape is None:
-        block_shape = default_block_shape(shape, chunks, max_voxels, tuple(HALOS_PER_BLOCK * int(h) for h in halo))
+        block_shape = default_block_shape(shape, chunks, max_voxels, tuple(HALOS_PER_BLOCK * int(h) for h in halo),
+                                          memory_voxels)
     else:
         block_shape = tuple(int(b) for b in block_shape)
         if len(block_shape) != ndim:
@@ -160,14 +175,14 @@ def plan_grid(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, 
     return BlockGrid(tuple(shape), block_shape, halo, tuple(align) if align else None)
 
 
-def default_block_shape(shape, chunks, max_voxels, min_edge=None):
-    """Whole chunks, at least ``min_edge`` voxels along each axis (within the memory bound
-    :data:`DEFAULT_BLOCK_VOXELS`), then grown smallest axis first until the block reaches ``max_voxels``."""
+def default_block_shape(shape, chunks, max_voxels, min_edge=None, memory_voxels=DEFAULT_BLOCK_VOXELS):
+    """Whole chunks, at least ``min_edge`` voxels along each axis (within the memory bound ``memory_voxels``),
+    then grown smallest axis first until the block reaches ``max_voxels``."""
     block = list(chunks)
     if min_edge is not None:
         whole = [math.ceil(s / c) * c for s, c in zip(shape, chunks)]
         wanted = [min(max(c, math.ceil(e / c) * c), w) for c, e, w in zip(chunks, min_edge, whole)]
-        cap = max(DEFAULT_BLOCK_VOXELS, math.prod(chunks))
+        cap = max(memory_voxels, math.prod(chunks))
         if math.prod(wanted) > cap:  # memory first: shrink every axis alike, to whole chunks
             ratio = (cap / math.prod(wanted)) ** (1 / len(wanted))
             wanted = [max(c, int(w * ratio) // c * c) for w, c in zip(wanted, chunks)]

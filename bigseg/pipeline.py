@@ -18,7 +18,7 @@ import zarr
 
 from bigseg import measure, measure_merge
 from bigseg.foreground import ForegroundMask, foreground_blocks
-from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
+from bigseg.blocks import BlockGrid, block_budget, plan_grid
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
@@ -178,8 +178,8 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
     check_values(view, spec.options.skip_bad_blocks)
     method = spec.method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = halo or method.halo(voxel_size)
-    budget = max(1, min(DEFAULT_BLOCK_VOXELS, math.prod(view.shape) // (2 * max(n_workers, 1))))
-    grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim))
+    budget, memory = block_budget(view.shape, n_workers, method.bytes_per_voxel)
+    grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from bigseg.blocks import plan_grid
+from bigseg.blocks import block_budget, plan_grid
 from bigseg.errors import ParameterError
 
 
@@ -37,6 +37,16 @@ def test_default_blocks_are_at_least_four_halos_where_memory_allows():
     assert grid.block_shape == (320, 320, 320) and math.prod(grid.block_shape) <= 2**25
     # small halos change nothing
     assert plan_grid((128, 1024, 1024), (64, 256, 256), (4, 4, 4), max_voxels=2**25).block_shape == (128, 512, 512)
+
+
+def test_the_default_block_budget_follows_the_method_memory_and_the_workers():
+    # StarDist's ~500 bytes a voxel: 4 M-voxel blocks (2048^2) on a whole slide, not 32 M
+    budget, memory = block_budget((16384, 16384), 2, 500)
+    assert memory == 2**31 // 500 and budget == memory
+    assert plan_grid((16384, 16384), (1024, 1024), (64, 64), max_voxels=budget, memory_voxels=memory).block_shape \
+        == (2048, 2048)
+    # the classical methods: the 32 M bound, and four blocks per worker on a 128 x 1024 x 1024 volume
+    assert block_budget((128, 1024, 1024), 2, 40) == (2**27 // 8, 2**25)
 
 
 def test_neighbours_include_edges_and_corners_once():

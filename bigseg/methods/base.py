@@ -45,6 +45,8 @@ class Method(BaseModel):
     name: str
     #: One line for ``--help`` and the web form.
     description: ClassVar[str] = ""
+    #: Working memory per voxel of a block (input, filters, labels): bounds the default block size.
+    bytes_per_voxel: ClassVar[int] = 40
     min_size: Volume | None = describe(
         f"drop objects smaller than this after stitching (whole objects): {EXAMPLE_VOLUME}; "
         "default: the method's own", default=None)

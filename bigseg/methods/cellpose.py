@@ -32,6 +32,7 @@ class Cellpose(DeepMethod):
 
     name: Literal["cellpose"] = "cellpose"
     description = "Cellpose (cellpose 3: cyto3, nuclei; cellpose 4: cpsam) or a trained Cellpose model file"
+    bytes_per_voxel = 500  # flows, probabilities and the network's activations: like StarDist's
     package = ("cellpose", "cellpose")
     model: str = describe("cpsam | cyto3 | nuclei | the path of a trained Cellpose model", default="cpsam")
     diameter: PositiveLength | None = describe(length_help("expected cell diameter (in the xy plane); default "

@@ -66,6 +66,7 @@ class PixelClassifier(Method):
 
     name: Literal["pixel-classifier"] = "pixel-classifier"
     description = "ilastik-style random forest trained from scribbles (bigseg train-pixel-classifier)"
+    bytes_per_voxel = 200  # the feature stack (float32, a few tens of features) and the class probabilities
     model: str = describe("the .joblib file written by bigseg train-pixel-classifier", default="")
     prob_thresh: float = describe("foreground probability threshold", default=0.5, ge=0, le=1)
     instances: Literal["components", "watershed", "classes"] = describe(
