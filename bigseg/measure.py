@@ -19,18 +19,25 @@ def block_partials(labels: np.ndarray, channels: np.ndarray, origin: tuple[int, 
 
     ``channels`` has shape (C, *labels.shape); ``origin`` is the core's global position.
     """
-    if n == 0:
-        return empty_partials(labels.ndim, len(channels))
     flat = labels.ravel()
     where = np.flatnonzero(flat)
-    lab = flat[where]
-    order = np.argsort(lab, kind="stable")
-    where, lab = where[order], lab[order]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    if not np.array_equal(lab[starts], np.arange(1, n + 1)):
+    return voxel_partials(where, flat[where], labels.shape, channels, origin, n)
+
+
+def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], channels: np.ndarray,
+                   origin: tuple[int, ...], n: int) -> dict:
+    """:func:`block_partials` from a core's labelled voxels: their flat indices ``where`` (in raster order)
+    and their labels ``lab`` (1..n, each present)."""
+    if n == 0:
+        return empty_partials(len(shape), len(channels))
+    count = np.bincount(lab, minlength=n + 1)
+    if count.size != n + 1 or not count[1:].all():
         raise ValueError("block_partials needs labels 1..n, each present")
-    count = np.diff(np.r_[starts, lab.size]).astype(np.int64)
-    coords = [c.astype(np.int64) + o for c, o in zip(np.unravel_index(where, labels.shape), origin)]
+    count = count[1:].astype(np.int64)
+    # each label's voxels in raster order, one run per label (a stable radix sort while ids fit 16 bits)
+    where = where[np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")]
+    starts = np.r_[0, np.cumsum(count)[:-1]]
+    coords = [np.asarray(c, np.int64) + o for c, o in zip(np.unravel_index(where, shape), origin)]
     out = {
         "count": count,
         "coord_sum": np.stack([np.add.reduceat(c.astype(np.float64), starts) for c in coords], axis=1),

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, plan_grid
+from bigseg.blocks import DEFAULT_BLOCK_VOXELS, BlockGrid, group_voxels, plan_grid
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
@@ -32,8 +32,8 @@ from bigseg.methods import Method
 from bigseg.methods._sample import clear_sample_cache
 from bigseg.spec import JobSpec
 from bigseg.qc import write_overlay
-from bigseg.pyramid import DownsampleTask, downsample, regions
-from bigseg.relabel import RelabelTask, relabel_block
+from bigseg.pyramid import DownsampleTask, downsample, fused_levels, regions
+from bigseg.relabel import BlockIds, RelabelTask, relabel_group
 from bigseg.segment_blocks import JobFiles, SegmentTask, segment_block
 from bigseg.stitch import no_edges, resolve, resolve_classes
 from bigseg.stitch_rules import Output
@@ -105,7 +105,7 @@ class Plan:
 
 
 #: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
-IDENTITY_FORMAT = 2
+IDENTITY_FORMAT = 3
 
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
@@ -226,17 +226,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
                                 "(some viewers cannot show 64-bit labels)"))
 
     levels = label_io.create_levels(target, view, dtype)
-    relabel_tasks = [RelabelTask(b, files.fragments, target.url, target.level_path(0), target.zarr_format,
-                                 lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
-                                 int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
-                     for b in blocks if by_id[b.id].n_fragments]
-    stages.run("relabel", relabel_block, relabel_tasks, results=False)
-
-    for i in range(1, len(levels)):  # level by level: each is sampled from the one above
-        level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
-                                      target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
-                       for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
+    _relabel_and_pyramid(plan, stages, files, lookup, by_id, levels, dtype)
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
@@ -286,8 +276,35 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
                        view.n_channels)
 
 
+def _relabel_and_pyramid(plan: Plan, stages: StageRunner, files: JobFiles, lookup, by_id: dict, levels: list,
+                         dtype: np.dtype) -> None:
+    """The relabel stage (final ids into level 0, one task per group of blocks; each also writes the lower levels
+    sampled from inside its group alone), then the pyramid stage for the other levels, level by level."""
+    target, grid = plan.target, plan.grid
+    paths, shapes = tuple(target.level_path(i) for i in range(len(levels))), tuple(lv.shape for lv in levels)
+    voxels = group_voxels()
+    group_shape = tuple(k * b for k, b in zip(grid.group_counts(voxels), grid.block_shape))
+    fused = tuple(fused_levels(list(shapes), [lv.chunks for lv in levels], group_shape))
+    tasks = []
+    for group in grid.groups(voxels):
+        ids = tuple(BlockIds(b, lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)), int(lookup.interior_base[b.id]),
+                             by_id[b.id].n_fragments) for b in group.blocks() if by_id[b.id].n_fragments)
+        if ids:
+            tasks.append(RelabelTask(group, ids, files.fragments, target.url, target.zarr_format, dtype.str, paths,
+                                     shapes, fused))
+    stages.run("relabel", relabel_group, tasks, results=False)
+    for i in range(1, len(levels)):  # level by level: each is sampled from the one above
+        if i in fused:
+            continue
+        level_tasks = [DownsampleTask(target.url, paths[i - 1], paths[i], target.zarr_format, shapes[i - 1],
+                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)]
+        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
+    stages.seconds.setdefault("pyramid", 0.0)  # every level may have been written by the relabel tasks
+
+
 def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Small chunks inside each block-sized shard, so stitching reads thin slabs, not whole blocks."""
+    """Small chunks inside each block-sized shard, so that a stitch task's one-voxel shell into the next blocks
+    decodes thin chunks, not whole blocks."""
     out = []
     for b in block_shape:
         divisors = [c for c in range(16, 65) if b % c == 0]
