@@ -37,12 +37,13 @@ def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], c
     # each label's voxels in raster order, one run per label (a stable radix sort while ids fit 16 bits)
     where = where[np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")]
     starts = np.r_[0, np.cumsum(count)[:-1]]
-    coords = [np.asarray(c, np.int64) + o for c, o in zip(np.unravel_index(where, shape), origin)]
+    coords = [np.asarray(c, np.int64) for c in np.unravel_index(where, shape)]  # in the core; + origin below
     out = {
         "count": count,
-        "coord_sum": np.stack([np.add.reduceat(c.astype(np.float64), starts) for c in coords], axis=1),
-        "bbox_min": np.stack([np.minimum.reduceat(c, starts) for c in coords], axis=1),
-        "bbox_max": np.stack([np.maximum.reduceat(c, starts) + 1 for c in coords], axis=1),
+        "coord_sum": np.stack([np.add.reduceat(c, starts) + o * count for c, o in zip(coords, origin)],
+                              axis=1).astype(np.float64),  # integer sums: exact
+        "bbox_min": np.stack([np.minimum.reduceat(c, starts) + o for c, o in zip(coords, origin)], axis=1),
+        "bbox_max": np.stack([np.maximum.reduceat(c, starts) + (o + 1) for c, o in zip(coords, origin)], axis=1),
     }
     values = [ch.ravel()[where].astype(np.float64) for ch in channels]
     sums = [np.add.reduceat(v, starts) for v in values]

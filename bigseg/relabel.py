@@ -47,10 +47,13 @@ def relabel_group(task: RelabelTask) -> int:
     """Write the group's final labels (level 0, and its fused levels); returns the number of voxels written."""
     region = task.group.core
     fragments = np.asarray(open_array(task.fragments_url, "", 3)[region])
-    labels = np.zeros(fragments.shape, task.dtype)
-    for ids in task.blocks:
-        core = shift(ids.block.core, tuple(s.start for s in region))
-        labels[core] = ids.lut(task.dtype)[fragments[core]]
+    if len(task.blocks) == 1 and task.blocks[0].block.core == region:
+        labels = task.blocks[0].lut(task.dtype)[fragments]
+    else:
+        labels = np.zeros(fragments.shape, task.dtype)
+        for ids in task.blocks:
+            core = shift(ids.block.core, tuple(s.start for s in region))
+            labels[core] = ids.lut(task.dtype)[fragments[core]]
     _write(task, 0, region, labels)
     for i in task.fused:
         part = sample(labels, region, list(task.level_shapes[:i + 1]))
