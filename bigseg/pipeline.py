@@ -303,10 +303,10 @@ def _relabel_and_pyramid(plan: Plan, stages: StageRunner, files: JobFiles, looku
 
 
 def _inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Small chunks inside each block-sized shard, so that a stitch task's one-voxel shell into the next blocks
-    decodes thin chunks, not whole blocks."""
+    """Chunks of at most 128 voxels per axis inside each block-sized shard: a stitch task's one-voxel shell into
+    the next blocks decodes a few of them, not whole blocks (smaller ones cost more per voxel to read and write)."""
     out = []
     for b in block_shape:
-        divisors = [c for c in range(16, 65) if b % c == 0]
+        divisors = [c for c in range(16, 129) if b % c == 0]
         out.append(max(divisors) if divisors else b)
     return tuple(out)

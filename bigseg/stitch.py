@@ -128,7 +128,10 @@ def _contacts(keys: _FragmentKeys, labels: np.ndarray, d: int, planes: np.ndarra
         src = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(step, low.shape))
         dst = tuple(slice(max(0, s), n - max(0, -s)) for s, n in zip(step, low.shape))
         hit = (low_ids[src] > 0) & (high_ids[dst] > 0)
-        out.append(np.stack([low[src][hit], high[dst][hit]]))
+        a, b = low[src][hit], high[dst][hit]
+        first = np.ones(a.size, bool)  # runs along the last axis repeat a pair: cheap to drop before sorting
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        out.append(np.stack([a[first], b[first]]))
     return out
 
 
