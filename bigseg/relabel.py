@@ -10,6 +10,7 @@ from bigseg.blocks import Block, BlockGroup, shift
 from bigseg.io.ome import open_array
 from bigseg.pyramid import sample
 
+
 @dataclass(frozen=True)
 class BlockIds:
     """How one block's fragments become final ids."""
