@@ -6,6 +6,7 @@ so the table needs no second pass over voxels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,19 +38,27 @@ def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], c
     # each label's voxels in raster order, one run per label (a stable radix sort while ids fit 16 bits)
     where = where[np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")]
     starts = np.r_[0, np.cumsum(count)[:-1]]
-    coords = [np.asarray(c, np.int64) for c in np.unravel_index(where, shape)]  # in the core; + origin below
-    out = {
-        "count": count,
-        "coord_sum": np.stack([np.add.reduceat(c, starts) + o * count for c, o in zip(coords, origin)],
-                              axis=1).astype(np.float64),  # integer sums: exact
-        "bbox_min": np.stack([np.minimum.reduceat(c, starts) + o for c, o in zip(coords, origin)], axis=1),
-        "bbox_max": np.stack([np.maximum.reduceat(c, starts) + (o + 1) for c, o in zip(coords, origin)], axis=1),
-    }
+    out = {"count": count}
+    coord, reduced = np.empty_like(where, np.int64), []  # one buffer for each axis' coordinates in turn
+    for d, (size, o) in enumerate(zip(shape, origin)):
+        np.floor_divide(where, math.prod(shape[d + 1:]), out=coord)
+        if d:
+            np.remainder(coord, size, out=coord)
+        reduced.append((np.add.reduceat(coord, starts) + o * count, np.minimum.reduceat(coord, starts) + o,
+                        np.maximum.reduceat(coord, starts) + (o + 1)))  # integer sums: exact
+    del coord
+    for key, i in (("coord_sum", 0), ("bbox_min", 1), ("bbox_max", 2)):
+        out[key] = np.stack([r[i] for r in reduced], axis=1)
+    out["coord_sum"] = out["coord_sum"].astype(np.float64)
     values = [ch.ravel()[where].astype(np.float64) for ch in channels]
     sums = [np.add.reduceat(v, starts) for v in values]
     out["sum"] = np.stack(sums, axis=1)
-    out["m2"] = np.stack([np.add.reduceat((v - np.repeat(s / count, count)) ** 2, starts)
-                          for v, s in zip(values, sums)], axis=1)
+    m2 = []
+    for v, total in zip(values, sums):
+        deviation = np.repeat(total / count, count)
+        np.subtract(v, deviation, out=deviation)
+        m2.append(np.add.reduceat(np.square(deviation, out=deviation), starts))
+    out["m2"] = np.stack(m2, axis=1)
     out["min"] = np.stack([np.minimum.reduceat(v, starts) for v in values], axis=1)
     out["max"] = np.stack([np.maximum.reduceat(v, starts) for v in values], axis=1)
     return out

@@ -31,11 +31,14 @@ class Classical(Method):
         return tuple(int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in self.sigma_voxels(voxel_size))
 
     def smooth(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
-        data = np.asarray(block, dtype=np.float32)
         sigma = self.sigma_voxels(voxel_size)
+        block = np.asarray(block)
         if not any(sigma):
-            return data
-        return ndi.gaussian_filter(data, sigma, mode="nearest", truncate=TRUNCATE)
+            return np.asarray(block, dtype=np.float32)
+        # values float32 holds exactly are filtered as they are (the same result, without a float32 copy)
+        exact = block.dtype == np.float32 or (block.dtype.kind in "uib" and block.dtype.itemsize <= 2)
+        return ndi.gaussian_filter(block if exact else block.astype(np.float32), sigma, output=np.float32,
+                                   mode="nearest", truncate=TRUNCATE)
 
     def prepare(self, view) -> "Classical":
         if self.threshold is not None:
