@@ -69,20 +69,32 @@ def no_edges() -> np.ndarray:
 def touch_edges(task: TouchTask) -> np.ndarray:
     """Fragment pairs that touch across the faces of a group of blocks.
 
-    One read: the group's cores and one voxel more after them along each axis (clipped to the image). A contact
-    across a face is a pair of voxels on either side of it, laterally at most one voxel apart; the group finds
-    (at least) those whose voxel before the face, and whose smaller lateral coordinates, lie in its cores: so
-    every contact is found by some group, within its read."""
+    The read: the group's cores and one voxel more after them along each axis (clipped to the image), in one
+    piece, or, for a group of one block, only the two voxel planes either side of each face. A contact across
+    a face is a pair of voxels on either side of it, laterally at most one voxel apart; the group finds (at
+    least) those whose voxel before the face, and whose smaller lateral coordinates, lie in its cores: so every
+    contact is found by some group, within its read."""
     group, grid = task.group, task.group.grid
     region = tuple(slice(s.start, min(s.stop + 1, n)) for s, n in zip(group.core, grid.shape))
-    labels = np.asarray(open_array(task.files.fragments, "", 3)[region])
-    keys = _FragmentKeys(group, tuple(s.start for s in region), int(labels.max(initial=0)) + 1)
-    pairs = [np.zeros((2, 0), np.int64)]
+    fragments = open_array(task.files.fragments, "", 3)
+    whole = None if math.prod(np.subtract(group.hi, group.lo)) == 1 else np.asarray(fragments[region])
+    sides = {}  # axis -> (face positions, the planes before them, the planes after them)
     for d in range(len(grid.shape)):
         planes = np.arange(group.lo[d] + 1, group.hi[d] + 1) * grid.block_shape[d]  # the faces' positions
         planes = planes[planes < grid.shape[d]]
-        if planes.size:
-            pairs += _contacts(keys, labels, d, planes, task.connectivity)
+        if planes.size == 0:
+            continue
+        if whole is None:  # one face along d: read the planes either side of it
+            slab = np.asarray(fragments[region[:d] + (slice(planes[0] - 1, planes[0] + 1),) + region[d + 1:]])
+            sides[d] = planes, np.take(slab, [0], axis=d), np.take(slab, [1], axis=d)
+        else:
+            local = planes - region[d].start
+            sides[d] = planes, np.take(whole, local - 1, axis=d), np.take(whole, local, axis=d)
+    n_ids = max([int(side.max(initial=0)) for _, *both in sides.values() for side in both], default=0) + 1
+    keys = _FragmentKeys(group, tuple(s.start for s in region), n_ids)
+    pairs = [np.zeros((2, 0), np.int64)]
+    for d, (planes, low, high) in sides.items():
+        pairs += _contacts(keys, d, planes, low, high, task.connectivity)
     return keys.edges(_unique_pairs(np.concatenate(pairs, axis=1), keys.n_keys))
 
 
@@ -115,13 +127,13 @@ class _FragmentKeys:
         return np.stack(out, axis=1).astype(np.int64)
 
 
-def _contacts(keys: _FragmentKeys, labels: np.ndarray, d: int, planes: np.ndarray, connectivity: int) -> list:
-    """Key pairs (2, n) of the contacts across the faces at ``planes`` (the first voxel after each) along ``d``."""
-    local = planes - keys.origin[d]
-    low_ids, high_ids = np.take(labels, local - 1, axis=d), np.take(labels, local, axis=d)
+def _contacts(keys: _FragmentKeys, d: int, planes: np.ndarray, low_ids: np.ndarray, high_ids: np.ndarray,
+              connectivity: int) -> list:
+    """Key pairs (2, n) of the contacts across the faces at ``planes`` (the first voxel after each) along ``d``,
+    between the planes of fragment ids before them (``low_ids``) and after them (``high_ids``)."""
     low, high = keys.of(low_ids, d, planes - 1), keys.of(high_ids, d, planes)
     out = []
-    for step in itertools.product((-1, 0, 1), repeat=labels.ndim - 1):
+    for step in itertools.product((-1, 0, 1), repeat=low.ndim - 1):
         if sum(map(abs, step)) > connectivity - 1:
             continue
         step = step[:d] + (0,) + step[d:]
