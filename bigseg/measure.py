@@ -36,22 +36,22 @@ def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], c
         raise ValueError("block_partials needs labels 1..n, each present")
     count = count[1:].astype(np.int64)
     # each label's voxels in raster order, one run per label (a stable radix sort while ids fit 16 bits)
-    where = where[np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")]
+    order = np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")
+    where, coord = where[order], order  # the order's buffer is reused for each axis' coordinates in turn
     starts = np.r_[0, np.cumsum(count)[:-1]]
-    out = {"count": count}
-    coord, reduced = np.empty_like(where, np.int64), []  # one buffer for each axis' coordinates in turn
+    out, reduced = {"count": count}, []
     for d, (size, o) in enumerate(zip(shape, origin)):
         np.floor_divide(where, math.prod(shape[d + 1:]), out=coord)
         if d:
             np.remainder(coord, size, out=coord)
         reduced.append((np.add.reduceat(coord, starts) + o * count, np.minimum.reduceat(coord, starts) + o,
                         np.maximum.reduceat(coord, starts) + (o + 1)))  # integer sums: exact
-    del coord
+    del coord, order
     for key, i in (("coord_sum", 0), ("bbox_min", 1), ("bbox_max", 2)):
         out[key] = np.stack([r[i] for r in reduced], axis=1)
     out["coord_sum"] = out["coord_sum"].astype(np.float64)
-    values = [ch.ravel()[where].astype(np.float64) for ch in channels]
-    sums = [np.add.reduceat(v, starts) for v in values]
+    values = [ch.ravel()[where] for ch in channels]  # as they are: float64 sums, minima and maxima are exact
+    sums = [np.add.reduceat(v, starts, dtype=np.float64) for v in values]
     out["sum"] = np.stack(sums, axis=1)
     m2 = []
     for v, total in zip(values, sums):
@@ -59,8 +59,8 @@ def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], c
         np.subtract(v, deviation, out=deviation)
         m2.append(np.add.reduceat(np.square(deviation, out=deviation), starts))
     out["m2"] = np.stack(m2, axis=1)
-    out["min"] = np.stack([np.minimum.reduceat(v, starts) for v in values], axis=1)
-    out["max"] = np.stack([np.maximum.reduceat(v, starts) for v in values], axis=1)
+    out["min"] = np.stack([np.minimum.reduceat(v, starts).astype(np.float64) for v in values], axis=1)
+    out["max"] = np.stack([np.maximum.reduceat(v, starts).astype(np.float64) for v in values], axis=1)
     return out
 
 

@@ -52,7 +52,8 @@ class Touch(StitchRule):
 
     def fragments(self, core: np.ndarray) -> np.ndarray:
         import skimage.measure
-        return skimage.measure.label(core > 0, connectivity=min(self.connectivity, core.ndim))
+        foreground = core if core.dtype == bool else core > 0
+        return skimage.measure.label(foreground, connectivity=min(self.connectivity, core.ndim))
 
     def edge_tasks(self, grid, files, summaries, iou_threshold):
         from bigseg.stitch import TouchTask, touch_edges
