@@ -69,8 +69,20 @@ def sample(labels: np.ndarray, region: tuple[slice, ...], shapes: list[tuple[int
         if lo == hi:
             return None
         out_region.append(slice(int(lo), int(hi)))
-        index.append(src[lo:hi] - r.start)
-    return tuple(out_region), labels[np.ix_(*index)]
+        index.append(_as_slice(src[lo:hi] - r.start))
+    if all(isinstance(i, slice) for i in index):  # a regular step on every axis: a view, not a gather
+        return tuple(out_region), labels[tuple(index)]
+    return tuple(out_region), labels[np.ix_(*[np.arange(i.start, i.stop, i.step) if isinstance(i, slice) else i
+                                              for i in index])]
+
+
+def _as_slice(index: np.ndarray):
+    """``index`` (increasing) as a slice where its steps are all equal, else itself."""
+    steps = np.diff(index)
+    if index.size == 1 or (steps[0] > 0 and np.all(steps == steps[0])):
+        step = int(steps[0]) if index.size > 1 else 1
+        return slice(int(index[0]), int(index[-1]) + 1, step)
+    return index
 
 
 def downsample(task: DownsampleTask) -> int:
