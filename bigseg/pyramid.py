@@ -13,8 +13,8 @@ import numpy as np
 
 from bigseg.io.ome import open_array
 
-#: Output voxels per pyramid task.
-TASK_VOXELS = 2**24
+#: Output voxels per pyramid task (4 M: a level of a few chunks is still shared out between workers).
+TASK_VOXELS = 2**22
 
 
 @dataclass(frozen=True)
