@@ -29,6 +29,12 @@ def block_budget(shape: tuple[int, ...], n_workers: int, bytes_per_voxel: int) -
     return max(1, min(memory, math.prod(shape) // (BLOCKS_PER_WORKER * max(n_workers, 1)))), memory
 
 
+def group_voxels() -> int:
+    """Core voxels of the blocks that one stitch (touch rule) or relabel task handles (``bigseg.group-voxels``)."""
+    import dask.config
+    return int(dask.config.get("bigseg.group-voxels", default=2**24))
+
+
 def region_text(region: tuple[slice, ...]) -> str:
     """A region as users read it in messages: ``[0:16, 32:64]``."""
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
@@ -112,6 +118,28 @@ class BlockGrid:
                     out.append((d, tuple(int(i) for i in index)))
         return out
 
+    def group_counts(self, max_voxels: int) -> tuple[int, ...]:
+        """Blocks per axis of a group (:meth:`groups`) of at most ``max_voxels`` core voxels, or one block."""
+        counts = [1] * len(self.grid_shape)
+        while True:  # grow the axis whose group extent (in voxels) is smallest, as default_block_shape does
+            growable = [d for d, (k, g) in enumerate(zip(counts, self.grid_shape)) if k < g]
+            if not growable:
+                break
+            d = min(growable, key=lambda i: counts[i] * self.block_shape[i])
+            grown = list(counts)
+            grown[d] = min(2 * counts[d], self.grid_shape[d])
+            if math.prod(min(k * b, s) for k, b, s in zip(grown, self.block_shape, self.shape)) > max_voxels:
+                break
+            counts = grown
+        return tuple(counts)
+
+    def groups(self, max_voxels: int) -> list["BlockGroup"]:
+        """Boxes of neighbouring blocks tiling the grid (regularly, from block 0), each of at most ``max_voxels``
+        core voxels or one block: a stage with little work per block runs one task per group."""
+        counts = self.group_counts(max_voxels)
+        return [BlockGroup(self, start, tuple(min(s + k, g) for s, k, g in zip(start, counts, self.grid_shape)))
+                for start in itertools.product(*[range(0, g, k) for g, k in zip(self.grid_shape, counts)])]
+
     def neighbour_pairs(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(index A, offset) for every unordered pair of adjacent blocks, A first in raster order."""
         out = []
@@ -128,6 +156,25 @@ def extend(region: tuple[slice, ...], halo: tuple[int, ...], shape: tuple[int, .
     align = align or (1,) * len(shape)
     return tuple(slice(max((r.start - h) // a * a, 0), min(r.stop + h, s))
                  for r, h, s, a in zip(region, halo, shape, align))
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """A box of blocks of a grid: block indices ``lo`` (first) to ``hi`` (one past the last) along each axis."""
+
+    grid: BlockGrid
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+
+    @property
+    def core(self) -> tuple[slice, ...]:
+        """The voxels the group's blocks own."""
+        first, last = self.grid.core(self.lo), self.grid.core(tuple(h - 1 for h in self.hi))
+        return tuple(slice(a.start, b.stop) for a, b in zip(first, last))
+
+    def blocks(self) -> list[Block]:
+        return [self.grid.block(tuple(i + o for i, o in zip(index, self.lo)))
+                for index in np.ndindex(*[h - lo for lo, h in zip(self.lo, self.hi)])]
 
 
 def intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:

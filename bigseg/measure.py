@@ -6,6 +6,7 @@ so the table needs no second pass over voxels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,31 +20,47 @@ def block_partials(labels: np.ndarray, channels: np.ndarray, origin: tuple[int, 
 
     ``channels`` has shape (C, *labels.shape); ``origin`` is the core's global position.
     """
-    if n == 0:
-        return empty_partials(labels.ndim, len(channels))
     flat = labels.ravel()
     where = np.flatnonzero(flat)
-    lab = flat[where]
-    order = np.argsort(lab, kind="stable")
-    where, lab = where[order], lab[order]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    if not np.array_equal(lab[starts], np.arange(1, n + 1)):
+    return voxel_partials(where, flat[where], labels.shape, channels, origin, n)
+
+
+def voxel_partials(where: np.ndarray, lab: np.ndarray, shape: tuple[int, ...], channels: np.ndarray,
+                   origin: tuple[int, ...], n: int) -> dict:
+    """:func:`block_partials` from a core's labelled voxels: their flat indices ``where`` (in raster order)
+    and their labels ``lab`` (1..n, each present)."""
+    if n == 0:
+        return empty_partials(len(shape), len(channels))
+    count = np.bincount(lab, minlength=n + 1)
+    if count.size != n + 1 or not count[1:].all():
         raise ValueError("block_partials needs labels 1..n, each present")
-    count = np.diff(np.r_[starts, lab.size]).astype(np.int64)
-    coords = [c.astype(np.int64) + o for c, o in zip(np.unravel_index(where, labels.shape), origin)]
-    out = {
-        "count": count,
-        "coord_sum": np.stack([np.add.reduceat(c.astype(np.float64), starts) for c in coords], axis=1),
-        "bbox_min": np.stack([np.minimum.reduceat(c, starts) for c in coords], axis=1),
-        "bbox_max": np.stack([np.maximum.reduceat(c, starts) + 1 for c in coords], axis=1),
-    }
-    values = [ch.ravel()[where].astype(np.float64) for ch in channels]
-    sums = [np.add.reduceat(v, starts) for v in values]
+    count = count[1:].astype(np.int64)
+    # each label's voxels in raster order, one run per label (a stable radix sort while ids fit 16 bits)
+    order = np.argsort(lab.astype(np.uint16) if n < 2**16 else lab, kind="stable")
+    where, coord = where[order], order  # the order's buffer is reused for each axis' coordinates in turn
+    starts = np.r_[0, np.cumsum(count)[:-1]]
+    out, reduced = {"count": count}, []
+    for d, (size, o) in enumerate(zip(shape, origin)):
+        np.floor_divide(where, math.prod(shape[d + 1:]), out=coord)
+        if d:
+            np.remainder(coord, size, out=coord)
+        reduced.append((np.add.reduceat(coord, starts) + o * count, np.minimum.reduceat(coord, starts) + o,
+                        np.maximum.reduceat(coord, starts) + (o + 1)))  # integer sums: exact
+    del coord, order
+    for key, i in (("coord_sum", 0), ("bbox_min", 1), ("bbox_max", 2)):
+        out[key] = np.stack([r[i] for r in reduced], axis=1)
+    out["coord_sum"] = out["coord_sum"].astype(np.float64)
+    values = [ch.ravel()[where] for ch in channels]  # as they are: float64 sums, minima and maxima are exact
+    sums = [np.add.reduceat(v, starts, dtype=np.float64) for v in values]
     out["sum"] = np.stack(sums, axis=1)
-    out["m2"] = np.stack([np.add.reduceat((v - np.repeat(s / count, count)) ** 2, starts)
-                          for v, s in zip(values, sums)], axis=1)
-    out["min"] = np.stack([np.minimum.reduceat(v, starts) for v in values], axis=1)
-    out["max"] = np.stack([np.maximum.reduceat(v, starts) for v in values], axis=1)
+    m2 = []
+    for v, total in zip(values, sums):
+        deviation = np.repeat(total / count, count)
+        np.subtract(v, deviation, out=deviation)
+        m2.append(np.add.reduceat(np.square(deviation, out=deviation), starts))
+    out["m2"] = np.stack(m2, axis=1)
+    out["min"] = np.stack([np.minimum.reduceat(v, starts).astype(np.float64) for v in values], axis=1)
+    out["max"] = np.stack([np.maximum.reduceat(v, starts).astype(np.float64) for v in values], axis=1)
     return out
 
 

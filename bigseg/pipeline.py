@@ -17,8 +17,8 @@ import numpy as np
 import zarr
 
 from bigseg import measure, measure_merge
+from bigseg.blocks import BlockGrid, block_budget, group_voxels, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks
-from bigseg.blocks import BlockGrid, block_budget, plan_grid
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
@@ -33,8 +33,8 @@ from bigseg.methods import Method
 from bigseg.methods._sample import clear_sample_cache
 from bigseg.spec import JobSpec
 from bigseg.qc import write_overlay
-from bigseg.pyramid import DownsampleTask, downsample, regions
-from bigseg.relabel import RelabelTask, relabel_block
+from bigseg.pyramid import DownsampleTask, downsample, fused_levels, regions
+from bigseg.relabel import BlockIds, RelabelTask, relabel_group
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch import resolve, resolve_classes
 from bigseg.stitch_rules import Output
@@ -278,17 +278,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
                                 "(some viewers cannot show 64-bit labels)"))
 
     levels = label_io.create_levels(target, view, dtype)
-    relabel_tasks = [RelabelTask(b, files.fragments, target.url, target.level_path(0), target.zarr_format,
-                                 lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)),
-                                 int(lookup.interior_base[b.id]), by_id[b.id].n_fragments, dtype.str)
-                     for b in blocks if by_id[b.id].n_fragments]
-    stages.run("relabel", relabel_block, relabel_tasks, results=False)
-
-    for i in range(1, len(levels)):  # level by level: each is sampled from the one above
-        level_tasks = [DownsampleTask(target.url, target.level_path(i - 1), target.level_path(i),
-                                      target.zarr_format, levels[i - 1].shape, levels[i].shape, r)
-                       for r in regions(levels[i].shape, levels[i].chunks)]
-        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
+    _relabel_and_pyramid(plan, stages, files, lookup, by_id, levels, dtype)
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
@@ -344,10 +334,37 @@ def _stitch(plan: Plan, stages: StageRunner, files: JobFiles, summaries: list):
         return resolve(summaries, len(grid), edges, plan.min_size)
 
 
+def _relabel_and_pyramid(plan: Plan, stages: StageRunner, files: JobFiles, lookup, by_id: dict, levels: list,
+                         dtype: np.dtype) -> None:
+    """The relabel stage (final ids into level 0, one task per group of blocks; each also writes the lower levels
+    sampled from inside its group alone), then the pyramid stage for the other levels, level by level."""
+    target, grid = plan.target, plan.grid
+    paths, shapes = tuple(target.level_path(i) for i in range(len(levels))), tuple(lv.shape for lv in levels)
+    voxels = group_voxels()
+    group_shape = tuple(k * b for k, b in zip(grid.group_counts(voxels), grid.block_shape))
+    fused = tuple(fused_levels(list(shapes), [lv.chunks for lv in levels], group_shape))
+    tasks = []
+    for group in grid.groups(voxels):
+        ids = tuple(BlockIds(b, lookup.boundary_ids.get(b.id, np.zeros(0, np.int64)), int(lookup.interior_base[b.id]),
+                             by_id[b.id].n_fragments) for b in group.blocks() if by_id[b.id].n_fragments)
+        if ids:
+            tasks.append(RelabelTask(group, ids, files.fragments, target.url, target.zarr_format, dtype.str, paths,
+                                     shapes, fused))
+    stages.run("relabel", relabel_group, tasks, results=False)
+    for i in range(1, len(levels)):  # level by level: each is sampled from the one above
+        if i in fused:
+            continue
+        level_tasks = [DownsampleTask(target.url, paths[i - 1], paths[i], target.zarr_format, shapes[i - 1],
+                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)]
+        stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
+    stages.seconds.setdefault("pyramid", 0.0)  # every level may have been written by the relabel tasks
+
+
 def inner_chunks(block_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Small chunks inside each block-sized shard, so stitching reads thin slabs, not whole blocks."""
+    """Chunks of at most 128 voxels per axis inside each block-sized shard: a stitch task's one-voxel shell into
+    the next blocks decodes a few of them, not whole blocks (smaller ones cost more per voxel to read and write)."""
     out = []
     for b in block_shape:
-        divisors = [c for c in range(16, 65) if b % c == 0]
+        divisors = [c for c in range(16, 129) if b % c == 0]
         out.append(max(divisors) if divisors else b)
     return tuple(out)

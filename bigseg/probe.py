@@ -12,14 +12,14 @@ import numpy as np
 import zarr
 
 from bigseg import measure
-from bigseg.blocks import intersect
+from bigseg.blocks import BlockGroup, intersect
 from bigseg.io import store
 from bigseg.io.ome import ImageView
 from bigseg.io.table import part_url
 from bigseg.methods.base import Method
 from bigseg.pipeline import inner_chunks
 from bigseg.pyramid import DownsampleTask, downsample
-from bigseg.relabel import RelabelTask, relabel_block
+from bigseg.relabel import BlockIds, RelabelTask, relabel_group
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch_rules import Output
 
@@ -107,7 +107,9 @@ def probe_block(task: SegmentTask) -> BlockProbe:
                     zarr.create_array(store=labels, name=str(i), shape=lv.shape, dtype=np.uint32, fill_value=0,
                                       chunks=tuple(min(c, s) for c, s in zip(lv.chunks, lv.shape)))
                 t0 = time.perf_counter()
-                relabel_block(RelabelTask(block, files.fragments, labels, "0", 3, np.arange(1, k + 1), k, n, "u4"))
+                group = BlockGroup(grid, block.index, tuple(i + 1 for i in block.index))
+                relabel_group(RelabelTask(group, (BlockIds(block, np.arange(1, k + 1), k, n),), files.fragments,
+                                          labels, 3, "u4", ("0",), (levels[0].shape,)))
                 seconds["relabel"] = time.perf_counter() - t0
                 if len(levels) > 1:
                     region = tuple(slice(c.start * d // s, -(-c.stop * d // s))

@@ -102,7 +102,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         raise BlockError(f"{where}: the image has NaN or infinite values here; replace them (e.g. with 0) "
                          "before segmenting")
     try:
-        labels = np.asarray(task.method(extended, task.view.voxel_size))
+        labels = np.asarray(task.method.fragment_source(extended, task.view.voxel_size))
     except BigsegError:
         raise
     except Exception as err:  # not chained: the cause may not unpickle on the client
@@ -113,14 +113,19 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         return _segment_classes(task, extended, core, t0)
     rule = task.method.stitch_rule(core.ndim)
     core = rule.fragments(core)
-    lut, n, k = _renumber(core, grid.shared_faces(block.index), task.min_size)
+    where = np.flatnonzero(core)  # the core's labelled voxels, in raster order
+    old_ids = core.ravel()[where]
+    lut, n, k = _renumber(core, old_ids, grid.shared_faces(block.index), task.min_size)
     if n == 0:
         return BlockSummary.empty(block.id, time.perf_counter() - t0)
     fragments = lut[core]
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = fragments
     if rule.keeps_halo:  # what stitching compares; kept whenever the core has fragments
         _save_halo(task, labels, lut, n)
-    partials = measure.block_partials(fragments, _channels(task, extended), block.origin, n)
+    ids = lut[old_ids]
+    if not ids.all():  # small interior fragments were dropped
+        where, ids = where[ids > 0], ids[ids > 0]
+    partials = measure.voxel_partials(where, ids, core.shape, _channels(task, extended), block.origin, n)
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
     if k:
@@ -179,9 +184,11 @@ def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarra
     return BlockSummary(block.id, m, m, compact(counts), time.perf_counter() - t0)
 
 
-def _renumber(core: np.ndarray, faces: list[tuple[int, int]], min_size: int) -> tuple[np.ndarray, int, int]:
-    """Lookup old label -> fragment id: boundary fragments 1..k, kept interior ones k+1..n."""
-    counts = np.bincount(core.ravel())
+def _renumber(core: np.ndarray, ids: np.ndarray, faces: list[tuple[int, int]],
+              min_size: int) -> tuple[np.ndarray, int, int]:
+    """Lookup old label -> fragment id: boundary fragments 1..k, kept interior ones k+1..n. ``ids`` are the
+    labels of the core's labelled voxels."""
+    counts = np.bincount(ids, minlength=1)
     on_face = np.zeros(counts.size, bool)
     for axis, side in faces:
         on_face[np.take(core, -1 if side else 0, axis=axis).ravel()] = True
@@ -192,7 +199,7 @@ def _renumber(core: np.ndarray, faces: list[tuple[int, int]], min_size: int) -> 
     interior = present[~on_face[present]]
     interior = interior[counts[interior] >= min_size]  # interior fragments are whole objects
     k, n = boundary.size, boundary.size + interior.size
-    lut = np.zeros(max(int(core.max(initial=0)), 0) + 1, np.uint32)
+    lut = np.zeros(counts.size, np.uint32)
     lut[boundary] = np.arange(1, k + 1, dtype=np.uint32)
     lut[interior] = np.arange(k + 1, n + 1, dtype=np.uint32)
     return lut, n, k

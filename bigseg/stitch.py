@@ -21,13 +21,14 @@ by arithmetic. Tasks return edges as (block A, fragment A, block B, fragment B) 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from bigseg.blocks import BlockGrid, intersect
+from bigseg.blocks import BlockGroup, BlockGrid, intersect
 from bigseg.io import store
 from bigseg.io.ome import open_array
 from bigseg.segment_blocks import BlockSummary, JobFiles
@@ -39,10 +40,11 @@ DROP = -1
 
 @dataclass(frozen=True)
 class TouchTask:
-    grid: BlockGrid
+    """The faces of a group of blocks: every face between two of its blocks, and those to the blocks after it
+    along each axis."""
+
+    group: BlockGroup
     files: JobFiles
-    axis: int
-    low: tuple[int, ...]
     connectivity: int
 
 
@@ -64,38 +66,91 @@ def no_edges() -> np.ndarray:
 
 
 def touch_edges(task: TouchTask) -> np.ndarray:
-    """Fragment pairs that touch across the face between ``low`` and its next block along ``axis``."""
-    grid, d = task.grid, task.axis
-    core = grid.core(task.low)
-    plane = core[d].stop
-    region = tuple(slice(plane - 1, plane + 1) if j == d else slice(max(s.start - 1, 0), min(s.stop + 1, n))
-                   for j, (s, n) in enumerate(zip(core, grid.shape)))
-    slab = open_array(task.files.fragments, "", 3)[region]
-    low, high = np.take(slab, 0, axis=d), np.take(slab, 1, axis=d)
-    lateral = [j for j in range(len(core)) if j != d]
-    positions = np.indices(low.shape)
-    out = [no_edges()]
-    for step in itertools.product((-1, 0, 1), repeat=len(lateral)):
-        if sum(map(abs, step)) > task.connectivity - 1:
+    """Fragment pairs that touch across the faces of a group of blocks.
+
+    The read: the group's cores and one voxel more after them along each axis (clipped to the image), in one
+    piece, or, for a group of one block, only the two voxel planes either side of each face. A contact across
+    a face is a pair of voxels on either side of it, laterally at most one voxel apart; the group finds (at
+    least) those whose voxel before the face, and whose smaller lateral coordinates, lie in its cores: so every
+    contact is found by some group, within its read."""
+    group, grid = task.group, task.group.grid
+    region = tuple(slice(s.start, min(s.stop + 1, n)) for s, n in zip(group.core, grid.shape))
+    fragments = open_array(task.files.fragments, "", 3)
+    whole = None if math.prod(np.subtract(group.hi, group.lo)) == 1 else np.asarray(fragments[region])
+    sides = {}  # axis -> (face positions, the planes before them, the planes after them)
+    for d in range(len(grid.shape)):
+        planes = np.arange(group.lo[d] + 1, group.hi[d] + 1) * grid.block_shape[d]  # the faces' positions
+        planes = planes[planes < grid.shape[d]]
+        if planes.size == 0:
             continue
+        if whole is None:  # one face along d: read the planes either side of it
+            slab = np.asarray(fragments[region[:d] + (slice(planes[0] - 1, planes[0] + 1),) + region[d + 1:]])
+            sides[d] = planes, np.take(slab, [0], axis=d), np.take(slab, [1], axis=d)
+        else:
+            local = planes - region[d].start
+            sides[d] = planes, np.take(whole, local - 1, axis=d), np.take(whole, local, axis=d)
+    n_ids = max([int(side.max(initial=0)) for _, *both in sides.values() for side in both], default=0) + 1
+    keys = _FragmentKeys(group, tuple(s.start for s in region), n_ids)
+    pairs = [np.zeros((2, 0), np.int64)]
+    for d, (planes, low, high) in sides.items():
+        pairs += _contacts(keys, d, planes, low, high, task.connectivity)
+    return keys.edges(_unique_pairs(np.concatenate(pairs, axis=1), keys.n_keys))
+
+
+class _FragmentKeys:
+    """The fragments of a group's read as one int64 key each: (block, in the box of blocks the read touches)
+    x fragment id."""
+
+    def __init__(self, group: BlockGroup, origin: tuple[int, ...], n_ids: int):
+        self.group, self.origin, self.n_ids = group, origin, n_ids
+        self.box = tuple(h - lo + 1 for lo, h in zip(group.lo, group.hi))  # the group's blocks and the next ones
+        self.n_keys = math.prod(self.box) * n_ids
+
+    def of(self, ids: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
+        """Keys of ``ids``: voxels of the read at global ``positions`` along ``axis``, all along the others."""
+        grid, flat = self.group.grid, np.zeros((), np.int64)
+        for j, n in enumerate(ids.shape):
+            pos = positions if j == axis else self.origin[j] + np.arange(n)
+            shape = [1] * ids.ndim
+            shape[j] = n
+            flat = flat * self.box[j] + (grid.block_of(pos, j) - self.group.lo[j]).reshape(shape)
+        return flat * self.n_ids + ids
+
+    def edges(self, pairs: np.ndarray) -> np.ndarray:
+        """(block A, fragment A, block B, fragment B) rows of key pairs (2, n)."""
+        out = []
+        for key in pairs:
+            local = np.unravel_index(key // self.n_ids, self.box)
+            out += [np.ravel_multi_index(tuple(i + lo for i, lo in zip(local, self.group.lo)),
+                                         self.group.grid.grid_shape), key % self.n_ids]
+        return np.stack(out, axis=1).astype(np.int64)
+
+
+def _contacts(keys: _FragmentKeys, d: int, planes: np.ndarray, low_ids: np.ndarray, high_ids: np.ndarray,
+              connectivity: int) -> list:
+    """Key pairs (2, n) of the contacts across the faces at ``planes`` (the first voxel after each) along ``d``,
+    between the planes of fragment ids before them (``low_ids``) and after them (``high_ids``)."""
+    low, high = keys.of(low_ids, d, planes - 1), keys.of(high_ids, d, planes)
+    out = []
+    for step in itertools.product((-1, 0, 1), repeat=low.ndim - 1):
+        if sum(map(abs, step)) > connectivity - 1:
+            continue
+        step = step[:d] + (0,) + step[d:]
         src = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(step, low.shape))
         dst = tuple(slice(max(0, s), n - max(0, -s)) for s, n in zip(step, low.shape))
-        a, b = low[src], high[dst]
-        hit = (a > 0) & (b > 0)
-        if not hit.any():
-            continue
-        block_a = np.zeros((hit.sum(), len(core)), np.int64)
-        block_b = np.zeros_like(block_a)
-        block_a[:, d] = grid.block_of(np.int64(plane - 1), d)
-        block_b[:, d] = grid.block_of(np.int64(plane), d)
-        for i, j in enumerate(lateral):
-            pos = positions[i][src][hit] + region[j].start
-            block_a[:, j] = grid.block_of(pos, j)
-            block_b[:, j] = grid.block_of(pos + step[i], j)
-        ids_a = np.ravel_multi_index(block_a.T, grid.grid_shape)
-        ids_b = np.ravel_multi_index(block_b.T, grid.grid_shape)
-        out.append(np.stack([ids_a, a[hit], ids_b, b[hit]], axis=1).astype(np.int64))
-    return np.unique(np.concatenate(out), axis=0)
+        hit = (low_ids[src] > 0) & (high_ids[dst] > 0)
+        a, b = low[src][hit], high[dst][hit]
+        first = np.ones(a.size, bool)  # runs along the last axis repeat a pair: cheap to drop before sorting
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        out.append(np.stack([a[first], b[first]]))
+    return out
+
+
+def _unique_pairs(pairs: np.ndarray, n_keys: int) -> np.ndarray:
+    """The distinct columns of ``pairs`` (2, n) of keys below ``n_keys``: through one int64 code when it fits."""
+    if n_keys < 2**31:
+        return np.stack(np.divmod(np.unique(pairs[0] * n_keys + pairs[1]), n_keys))
+    return np.unique(pairs, axis=1)
 
 
 def overlap_edges(task: OverlapTask) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from bigseg.blocks import group_voxels
+
 
 class Output(enum.Enum):
     """What a method's label values are."""
@@ -53,15 +55,18 @@ class Touch(StitchRule):
 
     def fragments(self, core: np.ndarray) -> np.ndarray:
         import skimage.measure
-        return skimage.measure.label(core > 0, connectivity=min(self.connectivity, core.ndim))
+        foreground = core if core.dtype == bool else core > 0
+        return skimage.measure.label(foreground, connectivity=min(self.connectivity, core.ndim))
 
     def edge_tasks(self, grid, files, summaries, iou_threshold):
         from bigseg.stitch import TouchTask, touch_edges
         boundary = [s.n_boundary for s in summaries]  # summaries are in block order
-        # a face is read if either side has boundary fragments: its one-voxel margin also catches contacts
-        # across edges and corners with blocks beside the other side
-        tasks = [TouchTask(grid, files, axis, low, self.connectivity) for axis, low in grid.face_pairs()
-                 if boundary[grid.flat_id(low)] or boundary[grid.flat_id(_next(low, axis))]]
+        # a group is read if a face it holds has boundary fragments on either side (every contact it finds has
+        # a voxel on the two sides of one of its faces)
+        tasks = [TouchTask(group, files, self.connectivity) for group in grid.groups(group_voxels())
+                 if any(boundary[b.id] or boundary[grid.flat_id(_next(b.index, axis))]
+                        for b in group.blocks() for axis in range(len(b.index))
+                        if b.index[axis] + 1 < grid.grid_shape[axis])]
         return touch_edges, tasks
 
 

@@ -1,6 +1,7 @@
 """The block grid on small shapes whose answer you can see."""
 import math
 
+import numpy as np
 import pytest
 
 from bigseg.blocks import block_budget, plan_grid
@@ -62,3 +63,19 @@ def test_neighbours_include_edges_and_corners_once():
 def test_blocks_and_halos_that_do_not_fit_are_refused(block, halo, words):
     with pytest.raises(ParameterError, match=words):
         plan_grid((10, 25), (5, 10), halo, block_shape=block)
+
+
+@pytest.mark.parametrize("max_voxels", [1, 500, 2000, 10**6])
+def test_groups_tile_the_grid_once_within_their_budget(max_voxels):
+    grid = plan_grid((10, 25, 30), (2, 5, 5), (1, 1, 1), block_shape=(4, 10, 5))  # 3 x 3 x 6 blocks, some clipped
+    groups = grid.groups(max_voxels)
+    ids = sorted(b.id for g in groups for b in g.blocks())
+    assert ids == list(range(len(grid)))  # every block in exactly one group
+    for g in groups:
+        core = np.zeros(grid.shape, bool)
+        for b in g.blocks():
+            core[b.core] = True
+        assert core[g.core].all() and core.sum() == core[g.core].size  # the blocks fill the group's core
+        assert core.sum() <= max_voxels or len(g.blocks()) == 1
+    sizes = {len(g.blocks()) for g in groups}
+    assert sizes == {1} if max_voxels == 1 else len(groups) == 1 if max_voxels == 10**6 else max(sizes) > 1

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import dask.config
 import numpy as np
 import pandas as pd
 import pytest
@@ -273,7 +274,9 @@ def _released(client, before: set, timeout: float = 10.0) -> set:
 
 # ---- events of real jobs ---------------------------------------------------------------------------------------
 
-STAGES = ["segment", "stitch", "relabel", "pyramid-1", "pyramid-2", "measure"]
+#: the stages of the job below: level 1 is written by the relabel tasks (each of its chunks lies in one block),
+#: level 2 by the pyramid stage
+STAGES = ["segment", "stitch", "relabel", "pyramid-2", "measure"]
 
 
 def _check_order(evs: list, stages: list[str]) -> dict:
@@ -301,7 +304,8 @@ def test_events_of_a_job_arrive_in_order_and_count_its_tasks(client, tmp_path):
     image, _ = nuclei((128, 128), seed=6)
     path = write_image(tmp_path / "img.zarr", image, "yx", (32, 32), levels=3)
     log = EventLog()
-    res = bigseg.segment(path, "threshold", client=client, block=(64, 64), observer=log)
+    with dask.config.set({"bigseg.group-voxels": 64 * 64}):  # one block per stitch and relabel task
+        res = bigseg.segment(path, "threshold", client=client, block=(64, 64), observer=log)
     evs = log.events
     totals = _check_order(evs, STAGES)
     started, finished = evs[0], evs[-1]
@@ -309,9 +313,10 @@ def test_events_of_a_job_arrive_in_order_and_count_its_tasks(client, tmp_path):
                                         client.dashboard_link)
     labels = zarr.open_array(os.path.join(res.labels, "0"), mode="r")[:]
     from bigseg.pyramid import TASK_VOXELS
-    assert TASK_VOXELS >= 64 * 64  # so each smaller level (64x64, 32x32) is one pyramid task
-    assert totals["segment"] == 4 and totals["relabel"] == 4 and totals["stitch"] == 4  # 4 faces in 2x2 blocks
-    assert totals["pyramid-1"] == totals["pyramid-2"] == 1
+    assert TASK_VOXELS >= 32 * 32  # so level 2 (32x32) is one pyramid task
+    # 2x2 blocks: the 4 faces are those after blocks (0, 0), (0, 1) and (1, 0)
+    assert totals["segment"] == 4 and totals["relabel"] == 4 and totals["stitch"] == 3
+    assert totals["pyramid-2"] == 1
     assert isinstance(finished, events.JobFinished) and finished.summary["objects"] == len(np.unique(labels)) - 1
     assert finished.summary["blocks"] == 4
     for e in evs:

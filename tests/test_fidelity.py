@@ -1,6 +1,7 @@
 """Block-wise results against the monolithic run of the same method (one block covering the image)."""
 from __future__ import annotations
 
+import dask.config
 import numpy as np
 import pytest
 import zarr
@@ -67,6 +68,16 @@ def test_watershed_blockwise_matches_monolithic(client, tmp_path, ndim):
     _run_cases(client, path, "watershed", WATERSHED_3D if ndim == 3 else WATERSHED_2D, check)
 
 
+def test_threshold_stitched_and_relabelled_in_small_groups_equals_monolithic_exactly(client, tmp_path):
+    """Groups of 2 blocks per stitch and relabel task: contacts across faces, edges and corners between groups."""
+    path = _image(tmp_path, 3, seed=13)
+
+    def check(ref, labels, case):
+        assert same_partition(ref, labels), case
+    with dask.config.set({"bigseg.group-voxels": 2 * 16 * 32 * 32}):
+        _run_cases(client, path, "threshold", [((16, 32, 32), None)], check)
+
+
 def test_object_crossing_eight_blocks_is_one_label(client, tmp_path):
     image = np.full((32, 64, 64), 100, np.uint16)
     image = add_corner_objects(image, (16, 32, 32), radius=7)  # one ball centred where 8 blocks meet
@@ -86,13 +97,16 @@ def test_watershed_finds_the_synthetic_nuclei(client, nuclei3d):
     assert match(truth, _labels(res)).f1 > 0.95
 
 
-def test_diagonal_contact_across_a_block_corner_is_one_object(client, tmp_path):
+@pytest.mark.parametrize("group_voxels", [32 * 32, 2**24])  # stitched one block per task, or all in one
+def test_diagonal_contact_across_a_block_corner_is_one_object(client, tmp_path, group_voxels):
     """An 8-connected diagonal line through the point where 4 blocks meet, touching only 2 of them."""
     image = np.full((64, 64), 10, np.uint16)
     i = np.arange(16, 48)
     image[i, i] = 1000
     path = write_image(tmp_path / "diag.zarr", image, "yx", (32, 32), levels=1)
-    res = bigseg.segment(path, "threshold", name="diag", client=client, block=(32, 32), sigma=0, threshold=500)
+    with dask.config.set({"bigseg.group-voxels": group_voxels}):
+        res = bigseg.segment(path, "threshold", name="diag", client=client, block=(32, 32), sigma=0,
+                             threshold=500)
     labels = _labels(res)
     assert res.blocks == 4 and res.objects == 1
     assert np.all(labels[i, i] == 1)

@@ -6,6 +6,7 @@ import os
 import re
 import time
 
+import dask.config
 import numpy as np
 import pandas as pd
 import pytest
@@ -258,3 +259,25 @@ def test_segmenting_a_lower_level_gives_labels_at_that_resolution(client, tmp_pa
     table = pd.read_parquet(res.table)
     assert len(table) == res.objects > 0
     np.testing.assert_allclose(table["volume"], table["voxel_count"] * 1.0)
+
+
+@pytest.mark.parametrize("group_voxels, pyramid_steps", [(32 * 32, ["pyramid-2", "pyramid-3"]), (2**24, [])])
+def test_every_level_samples_the_one_above_whichever_stage_writes_it(client, tmp_path, group_voxels,
+                                                                     pyramid_steps):
+    """A level each of whose chunks lies in one relabel task's blocks is written by that task, the others by the
+    pyramid stage (level by level): either way every level is the nearest sample of the one above."""
+    from bigseg.engine import EventLog, events
+    image, _ = nuclei((96, 160), seed=7)
+    path = write_image(tmp_path / "img.zarr", image, "yx", (16, 32), levels=4)
+    log = EventLog()
+    with dask.config.set({"bigseg.group-voxels": group_voxels}):  # 32 * 32: one block (32 x 64) per task
+        res = bigseg.segment(path, "threshold", client=client, block=(32, 64), observer=log)
+    assert [e.stage for e in log.events if isinstance(e, events.StageStarted) and "pyramid" in e.stage] == \
+        pyramid_steps  # level 1 (chunks of 32 x 64 voxels of level 0) comes from the relabel tasks
+    levels = [zarr.open_array(os.path.join(res.labels, str(i)), mode="r")[:] for i in range(4)]
+    assert [lv.shape for lv in levels] == [(96, 160), (48, 80), (24, 40), (12, 20)]
+    for above, level in zip(levels, levels[1:]):
+        centres = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1)
+                   for m, n in zip(above.shape, level.shape)]
+        assert np.array_equal(level, above[np.ix_(*centres)])
+    assert len(np.unique(levels[0])) - 1 == res.objects > 10

@@ -149,7 +149,7 @@ def stage_error(name: str, tasks: list, failures: list) -> Exception:
     from distributed import KilledWorker
     i, err = failures[0]
     what = f"block {tasks[i].block.id} {region_text(tasks[i].block.core)}" if hasattr(tasks[i], "block") else \
-        f"{name} task {i}"
+        f"blocks {region_text(tasks[i].group.core)}" if hasattr(tasks[i], "group") else f"{name} task {i}"
     if isinstance(err, KilledWorker):
         err = BlockError(f"{what}: the workers running it died repeatedly (out of memory?); use a smaller "
                          "--block or workers with more memory")

@@ -106,6 +106,13 @@ class Method(BaseModel):
         """Label one block (core + halo); returns integer labels of the same shape, 0 = background."""
         raise NotImplementedError
 
+    def fragment_source(self, block: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
+        """What the segment stage keeps of one block (core + halo): the core of it becomes the block's fragments
+        through the stitch rule (:meth:`~bigseg.stitch_rules.StitchRule.fragments`). The labels by default; a
+        method whose rule labels the core itself (:class:`~bigseg.stitch_rules.Touch` uses ``core > 0``) may
+        return its foreground instead and save labelling the whole block."""
+        return self(block, voxel_size)
+
     def job_values(self) -> dict:
         """Values computed once per job by :meth:`prepare` (part of a resumed job's identity)."""
         return {}
