@@ -27,6 +27,7 @@ from services.bigseg_server import start_server  # noqa: F401 - fixture
 pytestmark = pytest.mark.service
 
 SHAPE, CHUNKS, DIAMETER = (32, 128, 128), (16, 64, 64), 10
+BLOCK = (32, 64, 64)  # 4 blocks (the default would be one: a block of at least 4 halos is the whole image)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def reference(tmp_path_factory):
     image, _ = nuclei(SHAPE, seed=5)
     write_ome_zarr(root / "original.zarr", image, "zyx", CHUNKS)
     here = shutil.copytree(root / "original.zarr", root / "here.zarr")
-    result = bigseg.segment(str(here), "watershed", name="nuclei", diameter=DIAMETER, workers=2)
+    result = bigseg.segment(str(here), "watershed", name="nuclei", diameter=DIAMETER, block=BLOCK, workers=2)
     return root, read_labels(result.labels), pd.read_parquet(result.table)
 
 
@@ -123,7 +124,8 @@ def test_client_job_waits_for_the_result_of_segment(service, image, reference):
     _, labels, table = reference
     client = Client(service.url, service.token)
     seen = ev.EventLog()
-    job = client.submit(image, "watershed", name="nuclei", diameter=DIAMETER, title="client test", tags=["t1"])
+    job = client.submit(image, "watershed", name="nuclei", diameter=DIAMETER, block=BLOCK, title="client test",
+                        tags=["t1"])
     assert job.status in ("queued", "starting") and job.data["title"] == "client test" and job.data["tags"] == ["t1"]
     result = job.wait(timeout=180, progress=seen)
 
@@ -168,7 +170,7 @@ def test_cli_submit_wait_json_then_jobs_job_logs(service, image, reference):
     _, labels, _ = reference
     tok, url = service.token, service.url
     run = cli_on_terminal("submit", image, "--method", "watershed", "--diameter", str(DIAMETER), "--name", "nuclei",
-                          "--title", "from the shell", "--tag", "cli", "--server", url, f"--token={tok}", "--wait",
+                          "--block", ",".join(map(str, BLOCK)), "--title", "from the shell", "--tag", "cli", "--server", url, f"--token={tok}", "--wait",
                           "--json")
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -276,7 +278,7 @@ def test_cli_errors_are_one_line(service, image):
 def test_wait_raises_the_jobs_error(service, image):
     """A job that fails on the service: its input image is removed after the job was accepted."""
     client = Client(service.url, service.token)
-    job = client.submit(image, "watershed", name="nuclei", diameter=DIAMETER)
+    job = client.submit(image, "watershed", name="nuclei", diameter=DIAMETER, block=BLOCK)
     shutil.rmtree(image)
     with pytest.raises(JobError) as err:
         job.wait(timeout=120)
