@@ -219,7 +219,8 @@ def test_cli_cancels_a_queued_and_a_running_job_and_retries_one(start_server, tm
     try:
         running = wait_for(lambda: waiting.poll() is None and [j.id for j in client.jobs()], "the big job",
                            lambda: waiting.communicate()[1])[0]
-        queued = cli("submit", image, "--diameter", str(DIAMETER), "--server", url, f"--token={tok}")
+        queued = cli("submit", image, "--diameter", str(DIAMETER), "--block", ",".join(map(str, BLOCK)), "--server", url,
+                 f"--token={tok}")
         assert queued.returncode == 0, queued.stderr
         queued = queued.stdout.strip()
         service.wait(running, "running", check=lambda j: j["progress"]["stage"] == "segment")
