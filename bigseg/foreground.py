@@ -72,12 +72,11 @@ def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = F
         data, level_shape, source = _label_mask(view, settings.mask)
         threshold, foreground = None, data > 0
     else:
-        level = _mask_level(view)
-        if level == view.level and not explicit:
+        small = view.finest_level(mask_voxels())
+        if small.level == view.level and not explicit:
             return None  # no coarser level: not a whole-slide-like image, every block is read anyway
-        small = view.at_level(level)
         data = small.read(tuple(slice(0, s) for s in small.shape)).astype(np.float32)
-        level_shape, source = small.shape, f"level {level}"
+        level_shape, source = small.shape, f"level {small.level}"
         threshold = settings.threshold if settings.threshold is not None else _otsu(data)
         foreground = data < threshold if dark else data > threshold
     factor = tuple(s / m for s, m in zip(view.shape, level_shape))
@@ -93,15 +92,6 @@ def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = F
     log.info("foreground mask from %s (threshold %s): %d of %d blocks background", source, threshold,
              mask.background, len(grid))
     return mask
-
-
-def _mask_level(view: ImageView) -> int:
-    """The finest level at or below the segmented one with at most :func:`mask_voxels` voxels (else the coarsest)."""
-    levels = range(view.level, len(view.image.levels))
-    for level in levels:
-        if math.prod(view.at_level(level).shape) <= mask_voxels():
-            return level
-    return levels[-1]
 
 
 def _otsu(data: np.ndarray) -> float:

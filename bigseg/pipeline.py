@@ -105,7 +105,7 @@ class Plan:
     @property
     def blocks_background(self) -> int:
         """Blocks skipped as background (no foreground in the low-resolution mask, dilated by the halo)."""
-        return 0 if self.active is None else int(len(self.active) - self.active.sum())
+        return 0 if self.foreground is None else self.foreground.background
 
     @property
     def halo(self) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ Only metadata is read here; pixels are read block by block on the workers throug
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -98,6 +99,15 @@ class ImageView:
     def at_level(self, level: int) -> "ImageView":
         """The same channel (or stain) and timepoint at another level."""
         return replace(self, level=level)
+
+    def finest_level(self, max_voxels: int) -> "ImageView":
+        """This view at the finest level, at or below its own, with at most ``max_voxels`` voxels (else the
+        coarsest level)."""
+        for level in range(self.level, len(self.image.levels)):
+            small = self.at_level(level)
+            if math.prod(small.shape) <= max_voxels:
+                return small
+        return small
 
     @property
     def array_url(self) -> tuple[str, str, int]:

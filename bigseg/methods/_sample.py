@@ -54,11 +54,8 @@ def clear_sample_cache() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _sample(view) -> SampleImage:
-    image = view.image
-    for level in range(view.level, len(image.levels)):
-        small = view.at_level(level)
-        if math.prod(small.shape) <= SAMPLE_VOXELS or level == len(image.levels) - 1:
-            break
+    small = view.finest_level(SAMPLE_VOXELS)
+    level = small.level
     step = tuple(s / v for s, v in zip(small.scale, view.scale))
     if math.prod(small.shape) > SAMPLE_VOXELS:  # no small level: a regular subsample
         every = math.ceil((math.prod(small.shape) / SAMPLE_VOXELS) ** (1 / small.ndim))
