@@ -129,7 +129,7 @@ def test_segment_on_an_existing_scheduler(capsys, image2d):
     assert code == 0
     assert seen == before
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    # README: blocks of whole chunks, at least two per worker: 2 workers, 128x128 in 32x32 chunks -> 64x64 blocks
-    assert summary["objects"] > 15 and summary["blocks"] == 4
+    # README: blocks of whole chunks, four per worker: 2 workers, 128x128 in 32x32 chunks -> 32x64 blocks
+    assert summary["objects"] > 15 and summary["blocks"] == 8
     keys = [k for worker_keys in ran.values() for k in worker_keys]
-    assert len(keys) == len(set(keys)) == 4  # each block ran once, on that cluster's workers
+    assert len(keys) == len(set(keys)) == 8  # each block ran once, on that cluster's workers
