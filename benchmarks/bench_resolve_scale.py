@@ -10,7 +10,7 @@ to the fragment facing it in the neighbour (one edge array per face, as the face
 times what the client does with it:
 
 * ``new``: block summaries of counts only; :func:`bigseg.stitch.resolve` (components, min_size, numbering)
-  and the planning of the measure stage's merge tasks (:func:`bigseg.measure_merge.merge_steps`).
+  and the planning of the measure stage's merge tasks (:func:`bigseg.measure.stage.merge_steps`).
 * ``old``: the former way: summaries with every boundary fragment's partials (count, coordinate sum, box and
   per-channel sum, m2, min, max of one channel), the same components, then the statistics merged and the
   boundary objects' table built on the client. Blocks above ``--old-up-to`` are not run (the old way needs
@@ -35,8 +35,8 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from bigseg import measure  # noqa: E402
-from bigseg.measure_merge import merge_steps  # noqa: E402
+from bigseg.measure import columns, partials as measure  # noqa: E402
+from bigseg.measure.stage import merge_steps  # noqa: E402
 from bigseg.segment_blocks import BlockSummary, JobFiles  # noqa: E402
 from bigseg.stitch import EDGE_COLUMNS, fragment_pairs, components, resolve  # noqa: E402
 
@@ -126,7 +126,7 @@ def _old(n_blocks: int, k: int) -> dict:
     final[kept] = np.arange(1, kept.sum() + 1)
     fragment_ids = final[comp]
     boundary_ids = {b: fragment_ids[prefix[b]:prefix[b + 1]] for b in np.flatnonzero(kk)}
-    table = measure.table(measure.take(merged, kept), np.arange(1, kept.sum() + 1), spanned[kept], (1.0,) * 3,
+    table = columns.table(measure.take(merged, kept), np.arange(1, kept.sum() + 1), spanned[kept], (1.0,) * 3,
                           (0.0,) * 3, (1,) * 3, ["c0"])
     seconds = time.perf_counter() - t0
     assert len(boundary_ids) == n

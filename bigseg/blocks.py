@@ -20,6 +20,11 @@ BLOCKS_PER_WORKER = 4
 #: Default blocks are at least this many halos along each axis (where memory allows), so that the halo read
 #: around a block stays a fraction of it (a block of 4 halos reads 1.5x its core per axis).
 HALOS_PER_BLOCK = 4
+#: A block task's fixed cost (scheduling, opening arrays, its faces in the stitch) in voxels of segmenting work:
+#: background skipping weighs it against the halo and the background that larger blocks read.
+TASK_VOXELS = 2**18
+#: Background skipping tries default blocks down to this many in a grid.
+MAX_SKIPPING_BLOCKS = 2**16
 
 
 def block_budget(shape: tuple[int, ...], n_workers: int, bytes_per_voxel: int) -> tuple[int, int]:
@@ -27,6 +32,31 @@ def block_budget(shape: tuple[int, ...], n_workers: int, bytes_per_voxel: int) -
     voxel, and within it a share of the image that gives each worker :data:`BLOCKS_PER_WORKER` blocks."""
     memory = max(1, min(DEFAULT_BLOCK_VOXELS, DEFAULT_BLOCK_BYTES // max(bytes_per_voxel, 1)))
     return max(1, min(memory, math.prod(shape) // (BLOCKS_PER_WORKER * max(n_workers, 1)))), memory
+
+
+def finer_grids(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int, ...], budget: int,
+                align: tuple[int, ...] | None, memory: int) -> list["BlockGrid"]:
+    """The default grid and those of ever smaller default blocks (half the budget each; at least
+    :data:`HALOS_PER_BLOCK` halos per axis, at most :data:`MAX_SKIPPING_BLOCKS` blocks): the blocks that
+    background skipping chooses from."""
+    grids = [plan_grid(shape, chunks, halo, None, budget, align, memory)]
+    while budget > 1:
+        budget //= 2
+        grid = plan_grid(shape, chunks, halo, None, budget, align, memory)
+        if len(grid) > MAX_SKIPPING_BLOCKS:
+            break
+        if grid.block_shape != grids[-1].block_shape:
+            grids.append(grid)
+    return grids
+
+
+def makespan(grid: "BlockGrid", active: np.ndarray | None, n_workers: int) -> float:
+    """The segment stage's length in voxels of work, when only the ``active`` blocks are segmented: each block
+    costs its extended region and :data:`TASK_VOXELS`; the workers share the total, and the largest block
+    ends last (a list-scheduling bound)."""
+    costs = [math.prod(s.stop - s.start for s in b.extended) + TASK_VOXELS
+             for b in grid if active is None or active[b.id]]
+    return sum(costs) / max(n_workers, 1) + max(costs, default=0)
 
 
 def group_voxels() -> int:

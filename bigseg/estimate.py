@@ -157,7 +157,7 @@ def _client_seconds(plan: Plan, summary, n_blocks: int) -> tuple[float, float]:
         return 0.0, 0.0
     from dataclasses import replace
 
-    from bigseg import measure_merge
+    from bigseg.measure import stage as measure_stage
     copies = min(n_blocks, CLIENT_COPIES)
     view = plan.view
 
@@ -166,7 +166,7 @@ def _client_seconds(plan: Plan, summary, n_blocks: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         lookup = resolve(summaries, n, no_edges(), plan.min_size)
         t1 = time.perf_counter()
-        measure_merge.merge_steps(lookup, JobFiles("memory://bigseg-dry-run"),
+        measure_stage.merge_steps(lookup, JobFiles("memory://bigseg-dry-run"),
                                   (view.scale, view.translation, view.shape, view.channel_names))
         return t1 - t0, time.perf_counter() - t1
 

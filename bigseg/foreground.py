@@ -60,12 +60,32 @@ def mask_voxels() -> int:
     return int(dask.config.get("bigseg.foreground-voxels", default=2**22))
 
 
-def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = False) -> ForegroundMask | None:
-    """The blocks to segment, or None when every block is (skipping off, or nothing to skip).
+@dataclass(frozen=True)
+class ForegroundMap:
+    """The low-resolution foreground, dilated by the halo: which blocks of any grid over the image to keep."""
+
+    source: str
+    factor: tuple[float, ...]
+    threshold: float | None
+    grown: np.ndarray
+
+    def blocks(self, grid: BlockGrid) -> ForegroundMask:
+        """The mask's verdict on each block of ``grid``: kept when foreground lies in its core (or its halo)."""
+        active = np.zeros(len(grid), bool)
+        for block in grid:
+            region = tuple(slice(int(c.start // f), max(int(math.ceil(c.stop / f)), int(c.start // f) + 1))
+                           for c, f in zip(block.core, self.factor))
+            active[block.id] = bool(self.grown[region].any())
+        return ForegroundMask(self.source, self.factor, self.threshold, active)
+
+
+def foreground_map(settings, view: ImageView, halo: tuple[int, ...], dark: bool = False) -> ForegroundMap | None:
+    """The foreground of ``view`` from a low-resolution level (or a label mask), dilated by ``halo``; None when
+    skipping is off or there is nothing coarser to decide from.
 
     ``settings`` is the job's ``foreground`` section; ``dark``: objects are darker than the background, so the
     foreground is below the threshold."""
-    if settings.skip_background is False or len(grid) == 1:
+    if settings.skip_background is False:
         return None
     explicit = settings.skip_background or settings.mask is not None or settings.threshold is not None
     if settings.mask is not None:
@@ -80,16 +100,18 @@ def foreground_blocks(settings, view: ImageView, grid: BlockGrid, dark: bool = F
         threshold = settings.threshold if settings.threshold is not None else _otsu(data)
         foreground = data < threshold if dark else data > threshold
     factor = tuple(s / m for s, m in zip(view.shape, level_shape))
-    radius = tuple(int(math.ceil(h / f)) + 1 for h, f in zip(grid.halo, factor))
+    radius = tuple(int(math.ceil(h / f)) + 1 for h, f in zip(halo, factor))
     grown = ndi.maximum_filter(foreground, size=tuple(2 * r + 1 for r in radius), mode="constant") \
         if foreground.any() else foreground
-    active = np.zeros(len(grid), bool)
-    for block in grid:
-        region = tuple(slice(int(c.start // f), max(int(math.ceil(c.stop / f)), int(c.start // f) + 1))
-                       for c, f in zip(block.core, factor))
-        active[block.id] = bool(grown[region].any())
-    mask = ForegroundMask(source, factor, None if threshold is None else float(threshold), active)
-    log.info("foreground mask from %s (threshold %s): %d of %d blocks background", source, threshold,
+    return ForegroundMap(source, factor, None if threshold is None else float(threshold), grown)
+
+
+def foreground_blocks(fmap: ForegroundMap | None, grid: BlockGrid) -> ForegroundMask | None:
+    """The blocks of ``grid`` to segment, or None when every block is (no map, or a single block)."""
+    if fmap is None or len(grid) == 1:
+        return None
+    mask = fmap.blocks(grid)
+    log.info("foreground mask from %s (threshold %s): %d of %d blocks background", fmap.source, fmap.threshold,
              mask.background, len(grid))
     return mask
 

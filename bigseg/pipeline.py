@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import zarr
 
-from bigseg import measure, measure_merge
-from bigseg.blocks import BlockGrid, block_budget, group_voxels, plan_grid
-from bigseg.foreground import ForegroundMask, foreground_blocks
+from bigseg.measure import stage as measure_stage
+from bigseg.blocks import BlockGrid, block_budget, finer_grids, group_voxels, makespan, plan_grid
+from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
@@ -179,12 +179,17 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
     method = spec.method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = halo or method.halo(voxel_size)
     budget, memory = block_budget(view.shape, n_workers, method.bytes_per_voxel)
-    grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
+    fmap = foreground_map(spec.foreground, view, halo, dark=bool(getattr(method, "dark_objects", False)))
+    if block is None and fmap is not None:  # default blocks, fine enough for the background to be skipped
+        grid = min(finer_grids(view.shape, view.chunks, halo, budget, method.alignment(view.ndim), memory),
+                   key=lambda g: makespan(g, fmap.blocks(g).active, n_workers))
+    else:
+        grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
-    mask = foreground_blocks(spec.foreground, view, grid, dark=bool(getattr(method, "dark_objects", False)))
+    mask = foreground_blocks(fmap, grid)
     return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask)
 
 
@@ -286,12 +291,12 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     table_args = (view.scale, view.translation, view.shape, channel_names)
     if not published:
         with stages.local("measure"):
-            merges = measure_merge.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
-        interior = [measure.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
+            merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
+        interior = [measure_stage.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
                                         int(lookup.interior_base[b.id]) + 1, *table_args)
                     for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
         for i, tasks in enumerate([merges[0] + interior, *merges[1:]]):  # later steps: merges of many blocks
-            stages.run("measure", measure_merge.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
+            stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
                        results=False)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid

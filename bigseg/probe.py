@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import zarr
 
-from bigseg import measure
+from bigseg.measure import stage as measure_stage
 from bigseg.blocks import BlockGroup, intersect
 from bigseg.io import store
 from bigseg.io.ome import ImageView
@@ -126,10 +126,9 @@ def probe_block(task: SegmentTask) -> BlockProbe:
                 if n > k:
                     t0 = time.perf_counter()
                     names = view.channel_names
-                    measure.measure_block(measure.MeasureTask(files.interior_stats(block.id),
-                                                              part_url(store.join(files.work_url, "table"), 0),
-                                                              k + 1, view.scale, view.translation, view.shape,
-                                                              names))
+                    measure_stage.measure_block(measure_stage.MeasureTask(
+                        files.interior_stats(block.id), part_url(store.join(files.work_url, "table"), 0), k + 1,
+                        view.scale, view.translation, view.shape, names))
                     seconds["measure"] = time.perf_counter() - t0
     finally:
         store.remove(files.work_url)

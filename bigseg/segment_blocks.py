@@ -6,7 +6,7 @@ job's fragments array, writes what stitching needs from the halo and every fragm
 (interior and boundary fragments apart), and returns a small :class:`BlockSummary`: counts only, so the
 client stays small however many blocks a job has. Interior fragments are whole objects, measured block by
 block; the boundary fragments' statistics are merged on the workers once stitching has numbered the objects
-(:mod:`bigseg.measure_merge`).
+(:mod:`bigseg.measure.stage`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigseg import measure
+from bigseg.measure import partials as measure
 from bigseg.blocks import Block, BlockGrid, intersect, region_text, shift
 from bigseg.errors import BigsegError, BlockError
 from bigseg.io import store

@@ -1,7 +1,7 @@
 """Partial statistics merge exactly: split an object's voxels any way, merge, get the whole's statistics."""
 import numpy as np
 
-from bigseg import measure
+from bigseg.measure import partials as measure
 
 
 def test_merging_fragments_gives_the_statistics_of_the_whole():

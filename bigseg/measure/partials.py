@@ -1,4 +1,4 @@
-"""Per-object statistics: partials computed per block, merged exactly, turned into the table.
+"""The partials algebra: per-fragment statistics computed per block and merged exactly.
 
 A *partial* is a dict of arrays with one row per fragment (the part of an object inside one block's
 core). Sums, minima and maxima merge exactly; variances merge with Chan et al.'s pairwise formula,
@@ -7,13 +7,8 @@ so the table needs no second pass over voxels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-
-AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
-
 
 def block_partials(labels: np.ndarray, channels: np.ndarray, origin: tuple[int, ...], n: int) -> dict:
     """Statistics of labels 1..n of a block core (every label must be present).
@@ -98,62 +93,7 @@ def merge(partials: dict, group: np.ndarray, n_groups: int) -> dict:
     return out
 
 
-def table(partials: dict, labels: np.ndarray, n_blocks: np.ndarray, scale, translation,
-          shape: tuple[int, ...], channel_names: list[str]) -> pd.DataFrame:
-    """The measurements table: one row per object, physical units from ``scale``/``translation``."""
-    ndim = len(shape)
-    axes = AXES[ndim]
-    count = partials["count"]
-    scale = np.asarray(scale, np.float64)
-    cols: dict[str, np.ndarray] = {"label": np.asarray(labels, np.uint64), "voxel_count": count}
-    cols["volume" if ndim == 3 else "area"] = count * float(np.prod(scale))
-    centroid = partials["coord_sum"] / np.maximum(count, 1)[:, None]
-    for d, a in enumerate(axes):
-        cols[f"centroid_{a}"] = np.asarray(translation[d]) + centroid[:, d] * scale[d]
-    for d, a in enumerate(axes):
-        cols[f"bbox_min_{a}"] = partials["bbox_min"][:, d]
-    for d, a in enumerate(axes):
-        cols[f"bbox_max_{a}"] = partials["bbox_max"][:, d]
-    for c, cname in enumerate(channel_names):
-        total = partials["sum"][:, c]
-        cols[f"mean_intensity_{cname}"] = total / np.maximum(count, 1)
-        cols[f"min_intensity_{cname}"] = partials["min"][:, c]
-        cols[f"max_intensity_{cname}"] = partials["max"][:, c]
-        cols[f"std_intensity_{cname}"] = np.sqrt(np.maximum(partials["m2"][:, c], 0) / np.maximum(count, 1))
-        cols[f"sum_intensity_{cname}"] = total
-    touches = np.zeros(len(count), bool)
-    for d in range(ndim):
-        touches |= (partials["bbox_min"][:, d] == 0) | (partials["bbox_max"][:, d] == shape[d])
-    cols["touches_border"] = touches
-    cols["blocks_spanned"] = np.asarray(n_blocks, np.int64)
-    return pd.DataFrame(cols)
-
-
 def empty_partials(ndim: int, n_channels: int) -> dict:
     return {"count": np.zeros(0, np.int64), "coord_sum": np.zeros((0, ndim)), "bbox_min": np.zeros((0, ndim), np.int64),
             "bbox_max": np.zeros((0, ndim), np.int64), "sum": np.zeros((0, n_channels)),
             "m2": np.zeros((0, n_channels)), "min": np.zeros((0, n_channels)), "max": np.zeros((0, n_channels))}
-
-
-@dataclass(frozen=True)
-class MeasureTask:
-    """Write the table rows of one block's interior objects (whole objects, ids by arithmetic)."""
-
-    stats_url: str
-    part_url: str
-    first_label: int
-    scale: tuple[float, ...]
-    translation: tuple[float, ...]
-    shape: tuple[int, ...]
-    channel_names: tuple[str, ...]
-
-
-def measure_block(task: MeasureTask) -> int:
-    from bigseg.io import store, table as table_io
-    partials = store.load_arrays(task.stats_url)
-    n = partials["count"].size
-    labels = task.first_label + np.arange(n)
-    df = table(partials, labels, np.ones(n, np.int64), task.scale, task.translation, task.shape,
-               list(task.channel_names))
-    table_io.write_part(df, task.part_url)
-    return n

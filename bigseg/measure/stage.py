@@ -1,11 +1,12 @@
-"""The measure stage for objects with fragments in several blocks: their statistics merged on the workers.
+"""The measure stage: each block's interior objects (whole) and, merged on the workers, the objects with
+fragments in several blocks.
 
 The segment stage leaves each block's boundary-fragment partials in the work folder
 (:meth:`~bigseg.segment_blocks.JobFiles.boundary_stats`); stitching tells which object each of their rows is
 (:class:`~bigseg.stitch.Lookup`), so the client never holds a statistic. The objects are cut into ranges of
 consecutive labels, ``OBJECTS_PER_TASK`` each (labels follow the blocks of the objects' first fragments, so a
 range lies in few, neighbouring blocks); a task reads the files of the blocks its objects lie in, merges their
-rows by object (:func:`bigseg.measure.merge`) and writes one table part. Objects in more than
+rows by object (:func:`bigseg.measure.partials.merge`) and writes one table part. Objects in more than
 ``BLOCKS_PER_TASK`` blocks (a class map's classes, a vessel tree) are merged in steps: groups of blocks into
 partials files, then groups of those, so that no task reads more than ``BLOCKS_PER_TASK`` files.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bigseg import measure
+from bigseg.measure import columns, partials
 from bigseg.io import store
 from bigseg.io import table as table_io
 
@@ -51,32 +52,32 @@ class MergeTask:
 def merge_objects(task: MergeTask) -> int:
     """Write the merged objects (those present) of ``task``; returns how many there are."""
     parts, labels, spanned, weights = [], [], [], []
-    for i, partials in enumerate(store.iter_arrays(list(task.blocks))):
+    for i, part in enumerate(store.iter_arrays(list(task.blocks))):
         taken = slice(task.starts[i], task.starts[i + 1])
-        parts.append(measure.take(partials, task.rows[taken]))
+        parts.append(partials.take(part, task.rows[taken]))
         labels.append(task.labels[taken].astype(np.int64))
         objects = np.unique(labels[-1])  # a block counts once for each object in it
         spanned.append(objects)
         weights.append(np.ones(objects.size, np.int64))
-    for partials in store.iter_arrays(list(task.merged)):
-        labels.append(partials.pop("label") - task.first_label)
+    for part in store.iter_arrays(list(task.merged)):
+        labels.append(part.pop("label") - task.first_label)
         spanned.append(labels[-1])
-        weights.append(partials.pop("blocks"))
-        parts.append(partials)
+        weights.append(part.pop("blocks"))
+        parts.append(part)
     if parts:
-        merged = measure.merge(measure.concat(parts), np.concatenate(labels), task.n_labels)
+        merged = partials.merge(partials.concat(parts), np.concatenate(labels), task.n_labels)
         blocks = np.bincount(np.concatenate(spanned), np.concatenate(weights), task.n_labels).astype(np.int64)
         present = np.flatnonzero(merged["count"])
-        merged, blocks = measure.take(merged, present), blocks[present]
+        merged, blocks = partials.take(merged, present), blocks[present]
     else:  # no boundary objects at all: an empty part, which gives the table its columns
         present = blocks = np.zeros(0, np.int64)
-        merged = measure.empty_partials(len(task.table_args[2]), len(task.table_args[3]))
+        merged = partials.empty_partials(len(task.table_args[2]), len(task.table_args[3]))
     label = task.first_label + present
     if task.table_args is None:
         store.save_arrays(task.out_url, {**merged, "label": label, "blocks": blocks})
     else:
         scale, translation, shape, channel_names = task.table_args
-        table_io.write_part(measure.table(merged, label, blocks, scale, translation, shape, list(channel_names)),
+        table_io.write_part(columns.table(merged, label, blocks, scale, translation, shape, list(channel_names)),
                             task.out_url)
     return int(present.size)
 
@@ -138,6 +139,29 @@ def _task(rows, labels, sources, merged, first, n, out_url, table_args) -> Merge
                      n, out_url, table_args)
 
 
-def measure_task(task: MergeTask | measure.MeasureTask) -> int:
+@dataclass(frozen=True)
+class MeasureTask:
+    """Write the table rows of one block's interior objects (whole objects, ids by arithmetic)."""
+
+    stats_url: str
+    part_url: str
+    first_label: int
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    shape: tuple[int, ...]
+    channel_names: tuple[str, ...]
+
+
+def measure_block(task: MeasureTask) -> int:
+    part = store.load_arrays(task.stats_url)
+    n = part["count"].size
+    labels = task.first_label + np.arange(n)
+    df = columns.table(part, labels, np.ones(n, np.int64), task.scale, task.translation, task.shape,
+               list(task.channel_names))
+    table_io.write_part(df, task.part_url)
+    return n
+
+
+def measure_task(task: MergeTask | MeasureTask) -> int:
     """The measure stage's worker function: a merge of objects across blocks, or one block's interior objects."""
-    return merge_objects(task) if isinstance(task, MergeTask) else measure.measure_block(task)
+    return merge_objects(task) if isinstance(task, MergeTask) else measure_block(task)

@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 import bigseg
-from bigseg import measure_merge
+from bigseg.measure import stage as measure_stage
 from bigseg.engine import EventLog, events
 from bigseg.segment_blocks import BlockSummary, JobFiles
 from bigseg.stitch import DROP, resolve
@@ -45,7 +45,7 @@ def test_merge_tasks_read_a_bounded_number_of_files_and_take_every_row_once():
     edges = np.array([[b, 1, b + 1, 1] for b in range(n - 1)] + [[b, 2, b + 1, 3] for b in range(n - 1)])
     lookup = resolve(summaries, n, edges, min_size=0)
     files = JobFiles("/work")
-    steps = measure_merge.merge_steps(lookup, files, ("args",), objects_per_task=3, blocks_per_task=2)
+    steps = measure_stage.merge_steps(lookup, files, ("args",), objects_per_task=3, blocks_per_task=2)
     written = set()
     taken = {}
     finals = []
@@ -112,8 +112,8 @@ def _steps(log: EventLog) -> list[str]:
 
 
 def test_objects_in_many_blocks_are_measured_in_steps_that_read_two_files_each(client, tmp_path, monkeypatch):
-    monkeypatch.setattr(measure_merge, "OBJECTS_PER_TASK", 4)  # planned on the client: the tasks carry it
-    monkeypatch.setattr(measure_merge, "BLOCKS_PER_TASK", 2)
+    monkeypatch.setattr(measure_stage, "OBJECTS_PER_TASK", 4)  # planned on the client: the tasks carry it
+    monkeypatch.setattr(measure_stage, "BLOCKS_PER_TASK", 2)
     image, _ = nuclei((32, 64, 96), seed=12)
     block = (16, 32, 32)
     image = add_corner_objects(image, block, radius=6, value=1500)  # balls in 8 blocks each
@@ -129,7 +129,7 @@ def test_objects_in_many_blocks_are_measured_in_steps_that_read_two_files_each(c
 def test_a_class_map_is_merged_by_class_in_bounded_steps(client, tmp_path, monkeypatch):
     from deep_models import train_pixel_classifier
     model = train_pixel_classifier(str(tmp_path / "classifier.joblib"))
-    monkeypatch.setattr(measure_merge, "BLOCKS_PER_TASK", 3)
+    monkeypatch.setattr(measure_stage, "BLOCKS_PER_TASK", 3)
     image, _ = nuclei((192, 256), seed=5)
     path = write_image(tmp_path / "img.zarr", image, "yx", (64, 64), levels=1)
     log = EventLog()
