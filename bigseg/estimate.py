@@ -24,7 +24,7 @@ from bigseg.pipeline import Plan
 from bigseg.probe import BlockProbe, probe_block, start_up
 from bigseg.pyramid import regions
 from bigseg.stitch import no_edges, resolve
-from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask
+from bigseg.segment_blocks import BlockSummary, JobFiles
 from bigseg.stitch_rules import Output
 
 #: Blocks tried, nearest the centre first, until one has objects.
@@ -71,8 +71,7 @@ def estimate(plan: Plan, client) -> Estimate:
     centre = [s / 2 for s in view.shape]
     order = sorted(active, key=lambda b: (sum(((s.start + s.stop) / 2 - c) ** 2
                                               for s, c in zip(b.core, centre)), b.id))
-    tasks = [SegmentTask(view, method, grid, b, JobFiles(""), plan.min_size, plan.spec.options.skip_bad_blocks)
-             for b in order[:TRIES]]
+    tasks = [plan.segment_task(b, JobFiles("")) for b in order[:TRIES]]
     t0 = time.perf_counter()
     client.run(start_up, tasks[0])  # every worker, at once: what a fresh worker pays before its first block
     start = time.perf_counter() - t0

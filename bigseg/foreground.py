@@ -6,6 +6,11 @@ at most ``bigseg.foreground-voxels`` voxels, thresholded (Otsu, or ``foreground.
 image of the image (``foreground.mask``, e.g. a tissue mask). It is dilated by the halo (in that level's voxels,
 rounded up, plus one voxel for the rounding of level shapes), so a block is kept whenever foreground lies in its core
 or within its halo; the other blocks are *background*: never read at full resolution, no fragments.
+
+Inside a kept block, only the box around the dilated mask (``ForegroundMask.kept``) is labelled, and only that box
+and a halo around it are read: a block at the edge of the tissue segments the tissue, not the glass beside it. The
+labels in the box are the uncropped block's (every voxel's context lies in what is read); outside it they are 0,
+as in a background block.
 """
 from __future__ import annotations
 
@@ -39,6 +44,15 @@ class ForegroundMask:
     threshold: float | None
     #: per block id: True = the block is segmented
     active: np.ndarray
+    #: per block id: the box (start, stop per axis, global voxels) of the block's extended region that is labelled
+    kept: np.ndarray | None = None
+
+    def kept_region(self, block) -> tuple[slice, ...] | None:
+        """The part of ``block.extended`` that is labelled (None: all of it)."""
+        if self.kept is None:
+            return None
+        region = tuple(slice(int(a), int(b)) for a, b in self.kept[block.id])
+        return None if region == block.extended else region
 
     @property
     def background(self) -> int:
@@ -72,11 +86,25 @@ class ForegroundMap:
     def blocks(self, grid: BlockGrid) -> ForegroundMask:
         """The mask's verdict on each block of ``grid``: kept when foreground lies in its core (or its halo)."""
         active = np.zeros(len(grid), bool)
+        kept = np.zeros((len(grid), len(grid.shape), 2), np.int64)
         for block in grid:
-            region = tuple(slice(int(c.start // f), max(int(math.ceil(c.stop / f)), int(c.start // f) + 1))
-                           for c, f in zip(block.core, self.factor))
-            active[block.id] = bool(self.grown[region].any())
-        return ForegroundMask(self.source, self.factor, self.threshold, active)
+            active[block.id] = bool(self.grown[self._low(block.core)].any())
+            if active[block.id]:
+                kept[block.id] = self._box(block.extended)
+        return ForegroundMask(self.source, self.factor, self.threshold, active, kept)
+
+    def _low(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The mask voxels that cover ``region`` (at least one per axis)."""
+        return tuple(slice(int(c.start // f), max(int(math.ceil(c.stop / f)), int(c.start // f) + 1))
+                     for c, f in zip(region, self.factor))
+
+    def _box(self, region: tuple[slice, ...]) -> list[tuple[int, int]]:
+        """The box of ``region`` (global voxels) that covers its dilated mask voxels."""
+        low = self._low(region)
+        where = np.argwhere(self.grown[low])
+        lo, hi = where.min(axis=0), where.max(axis=0) + 1
+        return [(max(r.start, int((s.start + a) * f)), min(r.stop, int(math.ceil((s.start + b) * f))))
+                for r, s, a, b, f in zip(region, low, lo, hi, self.factor)]
 
 
 def foreground_map(settings, view: ImageView, halo: tuple[int, ...], dark: bool = False) -> ForegroundMap | None:

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg.measure import stage as measure_stage
-from bigseg.blocks import BlockGrid, block_budget, finer_grids, group_voxels, makespan, plan_grid
+from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
@@ -101,6 +101,18 @@ class Plan:
     def active_blocks(self) -> list:
         """The blocks the segment stage reads and segments, in block order."""
         return [b for b in self.grid if self.active is None or self.active[b.id]]
+
+    def kept_region(self, block) -> tuple[slice, ...] | None:
+        """The part of an active block's extended region that is labelled (None: all of it)."""
+        return None if self.foreground is None else self.foreground.kept_region(block)
+
+    def segment_task(self, block, files: JobFiles) -> SegmentTask:
+        """The segment stage's task for ``block`` (the job's, the preview's and the dry run's alike)."""
+        kept = self.kept_region(block)
+        read = None if kept is None else intersect(extend(kept, self.halo, self.view.shape, self.grid.align),
+                                                   block.extended)
+        return SegmentTask(self.view, self.method, self.grid, block, files, self.min_size,
+                           self.spec.options.skip_bad_blocks, kept, read)
 
     @property
     def blocks_background(self) -> int:
@@ -265,8 +277,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     if plan.blocks_background:
         _say(stages, ev.Message(f"{plan.blocks_background} of {len(grid)} blocks are background (no foreground in "
                                 f"the mask from {plan.foreground.source}, dilated by the halo): not read"))
-    tasks = [SegmentTask(view, method, grid, b, files, plan.min_size, spec.options.skip_bad_blocks)
-             for b in plan.active_blocks()]
+    tasks = [plan.segment_task(b, files) for b in plan.active_blocks()]
     segmented = stages.run("segment", segment_block, tasks, resources=method.resources())
     summaries = _every_block(grid, segmented)
     skipped = [s.error for s in summaries if s.error]

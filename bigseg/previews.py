@@ -33,7 +33,7 @@ from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
 from bigseg.pipeline import Plan, inner_chunks
 from bigseg.relabel import final_ids
-from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
+from bigseg.segment_blocks import BlockSummary, JobFiles, segment_block
 from bigseg.stitch import resolve
 from bigseg.stitch_rules import Output
 
@@ -113,11 +113,17 @@ def _method_labels(plan: Plan, window: tuple[slice, ...]) -> np.ndarray:
         raise InputError(f"{view.image.url}: cannot read {region_text(extended)} ({type(err).__name__}: {err}); "
                          "repair the image, or preview another region") from None
     labels = np.asarray(plan.method(data, view.voxel_size))[shift(window, _origin(extended))]
-    if plan.active is not None:
+    if plan.active is not None:  # as the job: 0 in background blocks and outside an active block's kept box
         for block in plan.grid:
-            inside = None if plan.active[block.id] else intersect(block.core, window)
-            if inside is not None:
-                labels[shift(inside, _origin(window))] = 0
+            inside = intersect(block.core, window)
+            if inside is None:
+                continue
+            kept = plan.kept_region(block) if plan.active[block.id] else None
+            if not plan.active[block.id] or kept is not None:
+                part = np.ones(tuple(s.stop - s.start for s in inside), bool)
+                if kept is not None and intersect(kept, inside) is not None:
+                    part[shift(intersect(kept, inside), _origin(inside))] = False
+                labels[shift(inside, _origin(window))][part] = 0
     return labels
 
 
@@ -175,8 +181,7 @@ def _replayed(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
     try:
         while True:
             for i in todo:
-                summaries[i] = segment_block(SegmentTask(view, plan.method, grid, _block(grid, i), files,
-                                                         plan.min_size, plan.spec.options.skip_bad_blocks))
+                summaries[i] = segment_block(plan.segment_task(_block(grid, i), files))
             done.update(todo)
             voxels += _read_voxels(grid, todo)
             fn, tasks = rule.edge_tasks(grid, files, summaries, plan.spec.stitch.iou_threshold)

@@ -63,6 +63,14 @@ class SegmentTask:
     files: JobFiles
     min_size: int
     skip_unreadable: bool = False
+    #: the part of the extended region that is labelled (the foreground mask's box; None: all of it), and what is
+    #: read for it (the box with the job's halo, inside the extended region); the rest of the block is 0
+    kept: tuple[slice, ...] | None = None
+    read: tuple[slice, ...] | None = None
+
+    @property
+    def read_region(self) -> tuple[slice, ...]:
+        return self.block.extended if self.read is None else self.read
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,9 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     t0 = time.perf_counter()
     block, grid = task.block, task.grid
     where = f"block {block.id} {region_text(block.extended)}"
+    read = task.read_region
     try:
-        extended = _read(task.view, block.extended)
+        extended = _read(task.view, read)
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or missing chunks
         message = f"{where}: cannot read the input ({type(err).__name__}: {err})"
         if task.skip_unreadable:
@@ -107,6 +116,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         raise
     except Exception as err:  # not chained: the cause may not unpickle on the client
         raise BlockError(f"{where}: method {task.method.name} failed ({type(err).__name__}: {err})") from None
+    if task.kept is not None:  # the kept box's labels in an otherwise empty block
+        labels, extended = _in_block(task, labels, read), _in_block(task, extended, read)
     core_slc = block.core_in_extended
     core = labels[core_slc]
     if task.method.output() is Output.CLASSES:
@@ -131,6 +142,15 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     if k:
         store.save_arrays(task.files.boundary_stats(block.id), measure.take(partials, slice(0, k)))
     return BlockSummary(block.id, n, k, compact(partials["count"][:k]), time.perf_counter() - t0)
+
+
+def _in_block(task: SegmentTask, data: np.ndarray, read: tuple[slice, ...]) -> np.ndarray:
+    """``data`` (over ``read``) inside zeros of the block's extended shape, only its kept box."""
+    ext = task.block.extended
+    out = np.zeros(tuple(s.stop - s.start for s in ext), data.dtype)
+    kept = shift(task.kept, tuple(s.start for s in ext))
+    out[kept] = data[shift(task.kept, tuple(s.start for s in read))]
+    return out
 
 
 def compact(values: np.ndarray) -> np.ndarray:

@@ -239,3 +239,13 @@ def test_threshold_of_a_coarser_sample_level_uses_the_radius_in_its_voxels(tmp_p
         assert prepared.job_values()["threshold"] == filters.threshold_otsu(contrast)
     finally:
         _sample.clear_sample_cache()
+
+
+@pytest.mark.parametrize("shape, spacing", [((300, 400), (1.0, 1.0)), ((40, 90, 70), (2.0, 0.5, 0.5))])
+def test_watershed_distance_transform_is_scipys_to_the_bit(shape, spacing):
+    from bigseg.methods.watershed import distance_transform
+    rng = np.random.default_rng(3)
+    fg = ndi.gaussian_filter(rng.random(shape), 2) > 0.5  # blobs touching each other and the edges
+    ours = distance_transform(fg, spacing)
+    assert ours.dtype == np.float32 and fg.mean() > 0.2
+    assert np.array_equal(ours, ndi.distance_transform_edt(fg, sampling=spacing).astype(np.float32))

@@ -9,6 +9,8 @@ import pytest
 import zarr
 
 import bigseg
+from bigseg.api import as_spec
+from bigseg.pipeline import plan_segmentation
 from bigseg.cli import main
 from bigseg.synthetic import nuclei
 from conftest import checksums, write_image
@@ -57,6 +59,12 @@ def test_skipping_background_blocks_gives_the_labels_of_a_full_run(client, slide
     assert bigseg_meta["blocks_background"] == skipped.blocks_background
     assert bigseg_meta["foreground"]["source"] == "level 3"
     assert skipped.summary()["blocks_background"] == skipped.blocks_background
+    # the blocks of the 16-column strip are labelled (and read) only around the tissue's edge, not whole
+    with dask.config.set(BUDGET):
+        plan = plan_segmentation(as_spec(slide, method, block=(128, 128)), 2)
+    cropped = [b for b in plan.active_blocks() if plan.kept_region(b) is not None]
+    assert cropped and all(b.core[1].start == 384 for b in cropped if b.core[0].start not in (640, 768))
+    assert all(plan.kept_region(b)[1].stop < b.extended[1].stop for b in cropped if b.core[1].start == 384)
 
 
 def test_images_without_a_coarser_level_are_read_whole_by_default(client, tmp_path):

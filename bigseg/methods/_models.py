@@ -23,6 +23,15 @@ def load(spec: Hashable, loader: Callable[[], Any]) -> Any:
         return _CACHE[spec]
 
 
+def worker_threads() -> int | None:
+    """The threads of the Dask worker this runs in (None outside a worker)."""
+    try:
+        from distributed import get_worker
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
 def load_counts() -> dict:
     """Loads per spec in this process (run on each worker with ``client.run``)."""
     return {repr(k): v for k, v in LOADS.items()}

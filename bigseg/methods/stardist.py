@@ -78,6 +78,7 @@ class StarDist(DeepMethod):
             from stardist.models import StarDist2D, StarDist3D
         except ImportError:
             raise _models.missing_package("stardist", "stardist", "stardist") from None
+        _limit_tensorflow_threads()
         cls = StarDist3D if ndim == 3 else StarDist2D
         if self.is_path():
             path = os.path.abspath(self.model)
@@ -96,3 +97,17 @@ class StarDist(DeepMethod):
         labels, _ = model.predict_instances(self.normalized(block), prob_thresh=self.prob_thresh,
                                             nms_thresh=self.nms_thresh, verbose=False, show_tile_progress=False)
         return labels
+
+
+def _limit_tensorflow_threads() -> None:
+    """In a Dask worker, TensorFlow's thread pools get the worker's threads, not one per core each (two
+    single-threaded workers on two cores would otherwise run four busy threads)."""
+    threads = _models.worker_threads()
+    if threads is None:
+        return
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started in this process: its pools are set
+        pass
