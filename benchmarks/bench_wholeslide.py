@@ -7,11 +7,11 @@ worker processes; "s" is the wall time of the whole ``bigseg.segment`` call (pla
 run in one fresh process each (peak memory from ``resource.getrusage``).
 
   a stardist-2d   ``synthetic.slide`` 16384^2 [4096^2], 40% tissue (nuclei r 4-7), 60% glass: bigseg ``stardist``
-                  (a tiny model trained here like tests/deep_models.py, loaded by path; blocks 2048^2 [1024^2],
-                  --stardist-block) vs StarDist's ``predict_instances_big`` in one process: same model, same
-                  job-wide normalisation (``global_percentiles``, applied to the whole image, ``normalizer=None``),
-                  ``block_size`` = bigseg's block, ``min_overlap`` = bigseg's halo, ``context`` = StarDist's
-                  default (the receptive field). F1 at IoU 0.5 of bigseg vs predict_instances_big.
+                  (a tiny model trained here like tests/deep_models.py, loaded by path; bigseg's default blocks)
+                  vs StarDist's ``predict_instances_big`` in one process: same model, same job-wide normalisation
+                  (``global_percentiles``, applied to the whole image, ``normalizer=None``), ``block_size``
+                  2048^2 [1024^2] (``Sizes.stardist_block``), ``min_overlap`` = bigseg's halo, ``context`` =
+                  StarDist's default (the receptive field). F1 at IoU 0.5 of bigseg vs predict_instances_big.
   b watershed-2d  the same slide, bigseg ``watershed`` (default blocks) vs the same method on the whole array in one
                   process (bench_core's MONOLITHIC: read, segment, write, regionprops); F1 vs monolithic.
   c threshold-3d  ``synthetic.nuclei`` 128x1024x1024 [64x512x512]: bigseg ``threshold`` vs monolithic; identical
@@ -61,7 +61,7 @@ GB = 2**30
 @dataclass(frozen=True)
 class Sizes:
     slide: int                       # edge of the whole-slide image (cases a, b, g)
-    stardist_block: int              # bigseg's block edge and predict_instances_big's block_size (a, g)
+    stardist_block: int              # predict_instances_big's block_size (a, g)
     volume: tuple[int, int, int]     # cases c, d
     small_block: tuple[int, int, int]
     scaling: tuple[int, int, int]    # slide edges at 1x, 8x, 64x pixels (e)
@@ -255,11 +255,11 @@ print(json.dumps({"read+normalise": t1 - t0, "load model": t2 - t1, "predict": t
 def stardist_2d(b: Bench) -> list[Row]:
     path, model = b.slide(), b.stardist_model()
     edge = b.sizes.stardist_block
-    job = b.job(path, "stardist", "stardist", model=model, **({"block": (edge, edge)} if edge else {}))
+    job = b.job(path, "stardist", "stardist", model=model)  # bigseg's default blocks
     lo, hi = global_percentiles(open_image(path).view(0))  # what the job normalised with
     out = b.path("ref-stardist.zarr")
-    ref = reference(STARDIST_BIG, path, model, lo, hi, json.dumps(list(job.result.block_shape)),
-                    json.dumps(list(job.result.halo)), out)
+    ref = reference(STARDIST_BIG, path, model, lo, hi, json.dumps([edge, edge]), json.dumps(list(job.result.halo)),
+                    out)
     fid, f1 = f1_text(out, job.labels)
     target = "F1 >= 0.99: " + ("met" if f1 >= 0.99 else "NOT met")
     return [Row("a stardist-2d", slide_text(b), f"stardist, {job.blocks_text()}", job.seconds,

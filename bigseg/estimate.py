@@ -166,7 +166,8 @@ def _client_seconds(plan: Plan, summary, n_blocks: int) -> tuple[float, float]:
         lookup = resolve(summaries, n, no_edges(), plan.min_size)
         t1 = time.perf_counter()
         measure_stage.merge_steps(lookup, JobFiles("memory://bigseg-dry-run"),
-                                  (view.scale, view.translation, view.shape, view.channel_names))
+                                  measure_stage.TableArgs(view.scale, view.translation, view.shape,
+                                                          view.channel_names, plan.measure.extras))
         return t1 - t0, time.perf_counter() - t1
 
     timed(1)  # imports and first calls, which this process has paid whatever the job

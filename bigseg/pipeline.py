@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg.measure import stage as measure_stage
+from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
@@ -91,6 +92,8 @@ class Plan:
     resume: bool = False
     #: where the foreground mask came from (None: no mask, every block is segmented)
     foreground: ForegroundMask | None = None
+    #: what the table measures beyond the basic statistics
+    measure: MeasurePlan = MeasurePlan()
 
     @property
     def active(self) -> np.ndarray | None:
@@ -112,7 +115,7 @@ class Plan:
         read = None if kept is None else intersect(extend(kept, self.halo, self.view.shape, self.grid.align),
                                                    block.extended)
         return SegmentTask(self.view, self.method, self.grid, block, files, self.min_size,
-                           self.spec.options.skip_bad_blocks, kept, read)
+                           self.spec.options.skip_bad_blocks, kept, read, self.measure.extras)
 
     @property
     def blocks_background(self) -> int:
@@ -129,11 +132,12 @@ class Plan:
         derived from it (block plan, minimum size, job-wide values such as the threshold)."""
         return {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
                 "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
-                "foreground": None if self.foreground is None else self.foreground.identity()}
+                "foreground": None if self.foreground is None else self.foreground.identity(),
+                "measure": self.measure.describe()}
 
 
 #: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
-IDENTITY_FORMAT = 3
+IDENTITY_FORMAT = 4
 
 
 def plan(spec: JobSpec, n_workers: int) -> Plan:
@@ -170,9 +174,11 @@ def _checked(spec: JobSpec) -> tuple[ImageView, tuple[int, ...] | None]:
 
 
 def open_view(spec: JobSpec) -> ImageView:
-    """The level, channel and timepoint of the image that the job segments (metadata only)."""
-    return open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint,
+    """The level, channel and timepoint of the image that the job segments, and the channels it measures
+    (metadata only)."""
+    view = open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint,
                                            spec.input.stain)
+    return measured_view(spec.measure, view)
 
 
 def _given_halo(spec: JobSpec, view: ImageView) -> tuple[int, ...] | None:
@@ -202,7 +208,8 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
     mask = foreground_blocks(fmap, grid)
-    return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask)
+    return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask,
+                measure=measure_plan(spec.measure, view))
 
 
 def check_values(view: ImageView, skip_unreadable: bool = False) -> None:
@@ -299,12 +306,13 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
     channel_names = view.channel_names
-    table_args = (view.scale, view.translation, view.shape, channel_names)
+    table_args = measure_stage.TableArgs(view.scale, view.translation, view.shape, channel_names,
+                                         plan.measure.extras)
     if not published:
         with stages.local("measure"):
             merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
         interior = [measure_stage.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
-                                        int(lookup.interior_base[b.id]) + 1, *table_args)
+                                        int(lookup.interior_base[b.id]) + 1, table_args)
                     for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
         for i, tasks in enumerate([merges[0] + interior, *merges[1:]]):  # later steps: merges of many blocks
             stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
@@ -319,7 +327,8 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
                                                       "blocks_skipped": skipped, "blocks_background": background,
-                                                      "foreground": plan.foreground and plan.foreground.describe()})
+                                                      "foreground": plan.foreground and plan.foreground.describe(),
+                                                      "measure": plan.measure.describe()})
         if not spec.options.keep_work:
             store.remove(files.work_url)
     stages.seconds["total"] = time.perf_counter() - t_start

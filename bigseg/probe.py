@@ -126,9 +126,11 @@ def probe_block(task: SegmentTask) -> BlockProbe:
                 if n > k:
                     t0 = time.perf_counter()
                     names = view.channel_names
+                    args = measure_stage.TableArgs(view.scale, view.translation, view.shape, names,
+                                                   task.extras)
                     measure_stage.measure_block(measure_stage.MeasureTask(
                         files.interior_stats(block.id), part_url(store.join(files.work_url, "table"), 0), k + 1,
-                        view.scale, view.translation, view.shape, names))
+                        args))
                     seconds["measure"] = time.perf_counter() - t0
     finally:
         store.remove(files.work_url)

@@ -67,6 +67,8 @@ class SegmentTask:
     #: read for it (the box with the job's halo, inside the extended region); the rest of the block is 0
     kept: tuple[slice, ...] | None = None
     read: tuple[slice, ...] | None = None
+    #: the statistics beyond the basic ones (second moments, colocalization)
+    extras: measure.Extras = measure.Extras()
 
     @property
     def read_region(self) -> tuple[slice, ...]:
@@ -136,7 +138,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     ids = lut[old_ids]
     if not ids.all():  # small interior fragments were dropped
         where, ids = where[ids > 0], ids[ids > 0]
-    partials = measure.voxel_partials(where, ids, core.shape, _channels(task, extended), block.origin, n)
+    partials = measure.voxel_partials(where, ids, core.shape, _channels(task, extended), block.origin, n,
+                                      task.extras)
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
     if k:
@@ -179,7 +182,7 @@ def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.n
 
 def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:
     """The core's intensities, (C, *core shape), for the statistics."""
-    if task.view.n_channels == 1:
+    if task.view.measures_segmented_channel:
         return extended[task.block.core_in_extended][None]
     return task.view.read_channels(task.block.core)
 
@@ -197,7 +200,8 @@ def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarra
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = classes.astype(np.uint32)
     lut = np.zeros(m + 1, np.uint32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
-    partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size)
+    partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size,
+                                      task.extras)
     store.save_arrays(task.files.boundary_stats(block.id), partials)
     counts = np.zeros(m, np.int64)
     counts[present - 1] = partials["count"]

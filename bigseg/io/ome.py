@@ -95,6 +95,8 @@ class ImageView:
     channel: int
     timepoint: int
     stain: str | None = None
+    #: the intensities the table measures, as indices into :meth:`all_channel_names` (None: all of them)
+    measured: tuple[int, ...] | None = None
 
     def at_level(self, level: int) -> "ImageView":
         """The same channel (or stain) and timepoint at another level."""
@@ -157,9 +159,20 @@ class ImageView:
         return np.dtype(np.float32) if self.stain else np.dtype(self.image.levels[self.level].dtype)
 
     @property
+    def all_channel_names(self) -> tuple[str, ...]:
+        """Every intensity the image can be measured in: its channels, or R, G, B and the stains."""
+        return colour.channel_names(self.n_channels, self.image.levels[self.level].dtype)
+
+    @property
     def channel_names(self) -> tuple[str, ...]:
         """The names of the intensities :meth:`read_channels` returns (the table's column suffixes)."""
-        return colour.channel_names(self.n_channels, self.image.levels[self.level].dtype)
+        names = self.all_channel_names
+        return names if self.measured is None else tuple(names[i] for i in self.measured)
+
+    @property
+    def measures_segmented_channel(self) -> bool:
+        """The table measures the segmented intensities alone (a single-channel image, all of it measured)."""
+        return self.n_channels == 1 and self.measured is None and not self.stain
 
     def index(self, region: tuple[slice, ...], channel: int | slice | None = None) -> tuple:
         """Full-array index for a spatial region; ``channel=None`` means the segmented channel."""
@@ -185,8 +198,8 @@ class ImageView:
         image R, G, B and the stains (see :attr:`channel_names`)."""
         channels = self._read_all(region)
         if colour.is_rgb(self.n_channels, channels.dtype):
-            return colour.measured(channels)
-        return channels
+            channels = colour.measured(channels)
+        return channels if self.measured is None else channels[list(self.measured)]
 
     def _read_all(self, region: tuple[slice, ...]) -> np.ndarray:
         """Every channel over a spatial region, as stored, shape (C, *region)."""

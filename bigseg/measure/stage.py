@@ -33,9 +33,25 @@ BLOCKS_PER_TASK = 512
 
 
 @dataclass(frozen=True)
+class TableArgs:
+    """What turns merged partials into table rows: the image's geometry, the measured channels' names and the
+    extra statistics the partials hold."""
+
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    shape: tuple[int, ...]
+    channel_names: tuple[str, ...]
+    extras: partials.Extras = partials.Extras()
+
+    def table(self, merged: dict, labels: np.ndarray, blocks: np.ndarray):
+        return columns.table(merged, labels, blocks, self.scale, self.translation, self.shape,
+                             list(self.channel_names))
+
+
+@dataclass(frozen=True)
 class MergeTask:
     """Merge rows into objects ``first_label`` .. ``first_label + n_labels - 1`` and write them: a table part
-    (``table_args`` given: scale, translation, shape, channel names) or the partials of a step of a longer
+    (``table_args`` given) or the partials of a step of a longer
     merge (with each object's ``label`` and the number of ``blocks`` it has fragments in so far)."""
 
     blocks: tuple[str, ...]  # boundary partials of blocks: rows[starts[i]:starts[i + 1]] of blocks[i] are taken
@@ -46,7 +62,7 @@ class MergeTask:
     first_label: int
     n_labels: int
     out_url: str
-    table_args: tuple | None
+    table_args: TableArgs | None
 
 
 def merge_objects(task: MergeTask) -> int:
@@ -71,18 +87,17 @@ def merge_objects(task: MergeTask) -> int:
         merged, blocks = partials.take(merged, present), blocks[present]
     else:  # no boundary objects at all: an empty part, which gives the table its columns
         present = blocks = np.zeros(0, np.int64)
-        merged = partials.empty_partials(len(task.table_args[2]), len(task.table_args[3]))
+        args = task.table_args
+        merged = partials.empty_partials(len(args.shape), len(args.channel_names), args.extras)
     label = task.first_label + present
     if task.table_args is None:
         store.save_arrays(task.out_url, {**merged, "label": label, "blocks": blocks})
     else:
-        scale, translation, shape, channel_names = task.table_args
-        table_io.write_part(columns.table(merged, label, blocks, scale, translation, shape, list(channel_names)),
-                            task.out_url)
+        table_io.write_part(task.table_args.table(merged, label, blocks), task.out_url)
     return int(present.size)
 
 
-def merge_steps(lookup: Lookup, files: JobFiles, table_args: tuple, objects_per_task: int | None = None,
+def merge_steps(lookup: Lookup, files: JobFiles, table_args: TableArgs, objects_per_task: int | None = None,
                 blocks_per_task: int | None = None) -> list[list[MergeTask]]:
     """The tasks that measure ``lookup``'s boundary objects (or a class map's classes), step by step: a step's
     tasks read what the steps before it wrote. At least one task: with no such object it writes an empty part."""
@@ -116,7 +131,7 @@ def merge_steps(lookup: Lookup, files: JobFiles, table_args: tuple, objects_per_
 
 
 def _add(steps: list, rows: np.ndarray, labels: np.ndarray, sources: list, first: int, n: int, out_url: str,
-         table_args: tuple, files: JobFiles, per_read: int) -> None:
+         table_args: TableArgs, files: JobFiles, per_read: int) -> None:
     """Add the tasks that merge ``sources`` (a block's file, with the span of its rows in ``rows``) into one
     table part: in steps of ``per_read`` files while there are more."""
     level, merged = 0, []
@@ -146,19 +161,14 @@ class MeasureTask:
     stats_url: str
     part_url: str
     first_label: int
-    scale: tuple[float, ...]
-    translation: tuple[float, ...]
-    shape: tuple[int, ...]
-    channel_names: tuple[str, ...]
+    table_args: TableArgs
 
 
 def measure_block(task: MeasureTask) -> int:
     part = store.load_arrays(task.stats_url)
     n = part["count"].size
-    labels = task.first_label + np.arange(n)
-    df = columns.table(part, labels, np.ones(n, np.int64), task.scale, task.translation, task.shape,
-               list(task.channel_names))
-    table_io.write_part(df, task.part_url)
+    table_io.write_part(task.table_args.table(part, task.first_label + np.arange(n), np.ones(n, np.int64)),
+                        task.part_url)
     return n
 
 

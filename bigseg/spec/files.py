@@ -16,7 +16,9 @@ KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timep
             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
             "output": ("output", "url"), "overwrite": ("output", "overwrite"),
             "skip_background": ("foreground", "skip_background"), "foreground_threshold": ("foreground", "threshold"),
-            "mask": ("foreground", "mask"), "skip_bad_blocks": ("options", "skip_bad_blocks"),
+            "mask": ("foreground", "mask"), "features": ("measure", "features"), "channels": ("measure", "channels"),
+            "colocalization_thresholds": ("measure", "colocalization_thresholds"), "parent": ("measure", "parent"),
+            "neighbour_radius": ("measure", "neighbour_radius"), "skip_bad_blocks": ("options", "skip_bad_blocks"),
             "keep_work": ("options", "keep_work")}
 
 

@@ -7,13 +7,13 @@ The CLI flags, a job file (YAML or JSON), the Python API and the HTTP API are fo
 from __future__ import annotations
 
 import os
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from bigseg.io.colour import Stain
 from bigseg.methods import METHODS, Method
-from bigseg.methods.base import Lengths, describe, length_help
+from bigseg.methods.base import Lengths, PositiveLength, describe, length_help
 from bigseg.methods.watershed import Watershed
 
 #: The job-file format this bigseg reads and writes; a file from a newer bigseg is refused.
@@ -90,6 +90,46 @@ class ForegroundSpec(Section):
                                 "whose nonzero voxels are the foreground", default=None)
 
 
+def _names(value):
+    """``"shape,colocalization"`` (or one name) is short for a list of names."""
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+#: Column families beyond size, position, bounding box and intensities (``measure.features``).
+Feature = Literal["shape", "colocalization", "neighbours"]
+
+
+class MeasureSpec(Section):
+    """What the measurements table holds beyond size, position, bounding box and intensity statistics."""
+
+    features: Annotated[list[Feature], BeforeValidator(_names)] = describe(
+        "column families: shape (second moments: axis lengths, eccentricity, orientation; and from each object's "
+        "crop: solidity, extent, perimeter or surface area, circularity or sphericity), colocalization "
+        "(Pearson's r and Manders' M1/M2 of each pair of measured channels; 2 or more), neighbours "
+        "(nearest-neighbour distance, neighbours within neighbour_radius, touching objects)", default_factory=list)
+    channels: list[Annotated[int, Field(ge=0)]] | None = describe(
+        "the channels measured (intensity and colocalization columns); default: all (R, G, B and the stains "
+        "of an RGB image)", default=None)
+    colocalization_thresholds: list[float] | None = describe(
+        "per measured channel, the intensity above which it counts for Manders' M1/M2; default: each channel's "
+        "Otsu threshold, once per job from the job sample", default=None)
+    parent: Annotated[str, AfterValidator(lambda v: _label_name(v))] | None = describe(
+        "a label image of the same image (IMAGE/labels/NAME, e.g. nuclei): each object gets the id of the NAME "
+        "object that holds most of its voxels (parent_NAME, 0 if none) and that share (parent_NAME_overlap); "
+        "NAME's table gets the number and the total size of its children", default=None)
+    neighbour_radius: PositiveLength = describe(length_help(
+        "neighbours: centroids within this distance count as neighbours (a number: voxels along x)"),
+        default=20.0)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("names a feature twice; give each once, e.g. shape,colocalization")
+        if self.channels is not None and len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels: names a channel twice; give each once, e.g. 0,1")
+        return self
+
+
 class OptionsSpec(Section):
     skip_bad_blocks: bool = describe("leave blocks whose input cannot be read unlabelled (and report them) "
                                      "instead of failing", default=False)
@@ -126,6 +166,7 @@ class JobSpec(Section):
     stitch: StitchSpec = Field(default_factory=StitchSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     foreground: ForegroundSpec = Field(default_factory=ForegroundSpec)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
     options: OptionsSpec = Field(default_factory=OptionsSpec)
 
     @field_validator("method", mode="wrap")
