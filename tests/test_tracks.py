@@ -171,7 +171,8 @@ def test_tracks_recover_the_true_links_divisions_and_speeds(client, tmp_path, mo
     assert len(both) >= 0.95 * len(expected)  # whole tracks, with their parents
     assert np.allclose(both.mean_speed, both.mean_speed_found, equal_nan=True, rtol=1e-9)
     divided = expected[expected.parent > 0]
-    assert len(divided) == 6 and len(divided.merge(got, on=["first", "last", "length", "parent"])) == 6  # every daughter track, with its mother
+    same = ["first", "last", "length", "parent"]
+    assert len(divided) == 6 and len(divided.merge(got, on=same)) == 6  # every daughter track, with its mother
     assert set(got.parent[got.parent > 0]) == set(divided.parent)  # no other division
     table = result["table"]
     ids = pd.concat([pd.DataFrame(d) for d in result["ids"]])

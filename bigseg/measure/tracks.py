@@ -7,7 +7,8 @@ Four steps, each a list of worker tasks (:func:`plan`); the client holds the tas
    Every voxel lies in one block core, so the sums over a pair's blocks are exact (:func:`block_overlap`).
 2. ``LinkTask`` per pair: sums its blocks' files and links each object at i + 1 to a predecessor at i
    (:func:`link`): by largest overlap, or by distance for objects that overlap nothing that fits. An object
-   at i with two or more successors divides. Memory: the objects of two frames.
+   at i that two or more objects at i + 1 each cover enough of divides into them. Memory: the objects of two
+   frames.
 3. ``AssignTask``, one: the frames in order; a track is a chain of linked objects up to a division (whose
    daughters start tracks of their own, with the mother's track as ``parent_track_id``). Writes each frame's
    (label, track_id, parent_track_id) and the tracks table (Parquet parts). Memory: the objects of two frames
@@ -137,7 +138,8 @@ def plan(labels: tuple[str, str, int], regions: list[tuple[slice, ...]], frame_t
     overlaps = [[OverlapTask(labels, i, tuple(region), store.join(work_url, f"overlap-{i:09d}-{b:09d}.npz"))
                  for b, region in enumerate(regions)] for i in pairs]
     link_tasks = [LinkTask(tuple(o.out_url for o in overlaps[i]), tuple(voxel_size.spacing), params.min_overlap,
-                           params.division_overlap, distance, store.join(work_url, f"links-{i:09d}.npz")) for i in pairs]
+                           params.division_overlap, distance, store.join(work_url, f"links-{i:09d}.npz"))
+                  for i in pairs]
     frames_url = store.join(work_url, "frames")
     assign = AssignTask(tuple(t.out_url for t in link_tasks), tuple(frame_t), t_scale, frames_url, tracks_url)
     columns = [TrackColumnsTask(part, tuple(frame_t), frames_url) for part in parts]
@@ -219,16 +221,17 @@ def summed(overlaps: list[str], scale: tuple[float, ...]) -> tuple[dict[str, np.
 
 
 def link(pairs: dict[str, np.ndarray], first: Objects, second: Objects, min_overlap: float,
-         division_overlap: float, max_distance: float | None, voxel_volume: float) -> tuple[np.ndarray, np.ndarray]:
+         division_overlap: float, max_distance: float | None, voxel_volume: float
+         ) -> tuple[np.ndarray, np.ndarray]:
     """Each object of ``second``'s predecessor in ``first`` (its index, -1 if none) and how it was found.
 
     Overlap: the object of ``first`` it shares most voxels with (ties: the lower label), if they share at least
     ``min_overlap`` of the smaller one's voxels. An object of ``first`` that two or more such objects each
     overlap by at least ``division_overlap`` of its voxels divides into them (its daughters); else only the one
-    overlapping it most is linked to it, and the others are left unlinked. Distance: the objects of ``second`` left unlinked and those of ``first`` left without a
-    successor are paired by a linear assignment on centroid distances up to ``max_distance`` (most pairs,
-    then least total distance); ``None`` = twice the median equivalent diameter of ``first``'s objects
-    (``voxel_volume`` = one voxel's volume, area in 2D).
+    overlapping it most is linked to it, and the others are left unlinked. Distance: the objects of ``second``
+    left unlinked and those of ``first`` left without a successor are paired by a linear assignment on centroid
+    distances up to ``max_distance`` (most pairs, then least total distance); ``None`` = twice the median
+    equivalent diameter of ``first``'s objects (``voxel_volume`` = one voxel's volume, area in 2D).
     """
     predecessor = np.full(second.labels.size, -1, np.int64)
     how = np.full(second.labels.size, NOT_LINKED, np.uint8)
