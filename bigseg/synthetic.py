@@ -232,3 +232,137 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: str, chunks:
                 {"type": "translation", "translation": [o + t for o, t in zip(old, offset)]}]
     root.attrs[key] = attrs
     return os.fspath(path)
+
+
+def movie(shape: tuple[int, ...], radius: tuple[float, float] = (4.0, 7.0), fill: float = 0.15,
+          speed: float = 2.0, rotation: float = 1.0, divisions: int = 3, seed: int = 0, noise: float = 40.0,
+          overlap: float = 0.85) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A time-lapse of nuclei (``shape`` = (T, Y, X) or (T, Z, Y, X)) with known motion and divisions.
+
+    The nuclei (placed as in :func:`nuclei`, so some touch) move as one rigid sheet: a drift of ``speed``
+    voxels per frame in a random yx direction plus a rotation of ``rotation`` degrees per frame about the
+    image centre in the yx plane, so each nucleus has its own velocity (a few voxels per frame) and neighbours
+    never pass through each other. Nuclei enter and leave through the image borders. ``divisions`` nuclei
+    (those with the most room around them) each divide once, at frames spread over the movie, into two
+    daughters of half the mother's area (volume) that start touching and move apart in the yx plane to about
+    their diameter.
+
+    Returns ``(image uint16, truth uint32, links int64 (n, 2))``: ``truth[t]`` labels frame ``t`` with ids
+    unique over the whole movie (consecutive, frame by frame); each row of ``links`` is a true link
+    ``(id at t, id at t + 1)``: the same nucleus in consecutive frames, or a mother (at t) and one of its
+    daughters (at t + 1). The same ``seed`` gives the same movie.
+    """
+    frames, space = int(shape[0]), tuple(int(s) for s in shape[1:])
+    ndim = len(space)
+    if ndim not in (2, 3) or frames < 2:
+        raise ValueError(f"movie() makes (T, Y, X) or (T, Z, Y, X) movies with T >= 2; got shape {shape}")
+    rng = np.random.default_rng([seed, 5])
+    centre = (np.asarray(space, float) - 1) / 2
+    reach = math.hypot(*space[-2:]) / 2 + speed * frames + radius[1]  # any body point seen in the movie
+    lo = np.array([0.0] * (ndim - 2) + [centre[-2] - reach, centre[-1] - reach])
+    hi = np.array([float(space[0])] * (ndim - 2) + [centre[-2] + reach, centre[-1] + reach])
+    r_mean = sum(radius) / 2
+    unit = math.pi * 4 / 3 * r_mean**3 if ndim == 3 else math.pi * r_mean**2
+    volume = float(np.prod(hi - lo))
+    body = lo + rng.uniform(0, 1, (max(1, int(3 * fill * volume / unit)), ndim)) * (hi - lo)
+    radii = rng.uniform(*radius, len(body))
+    keep = _apart(body, radii, radius[1], overlap)
+    n = min(int(keep.sum()), max(1, int(fill * volume / unit)))
+    body, radii = body[keep][:n], radii[keep][:n]
+    angle = rng.uniform(0, 2 * math.pi)
+    drift = np.zeros(ndim)
+    drift[-2:] = speed * np.array([math.sin(angle), math.cos(angle)])
+    omega = math.radians(rotation)
+
+    def place(points: np.ndarray, t: int) -> np.ndarray:
+        """Where body-frame ``points`` lie at frame ``t``."""
+        c, s = math.cos(omega * t), math.sin(omega * t)
+        rel = points - centre
+        out = points + drift * t
+        out[..., -2] = centre[-2] + c * rel[..., -2] - s * rel[..., -1] + drift[-2] * t
+        out[..., -1] = centre[-1] + s * rel[..., -2] + c * rel[..., -1] + drift[-1] * t
+        return out
+
+    mothers, birth = _mothers(body, radii, divisions, frames, space, place)
+    direction = rng.normal(size=(len(mothers), ndim))
+    direction[:, :-2] = 0  # daughters move apart in the yx plane (a thin z stack keeps both in view)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    r_daughter = radii[mothers] * 2 ** (-1 / ndim)
+    brightness = rng.uniform(0.7, 1.0, n)
+    brightness = np.concatenate([brightness, np.repeat(brightness[mothers], 2)])
+    n_all = n + 2 * len(mothers)
+    ids = np.zeros((frames, n_all), np.int64)  # label of each nucleus (daughters after the others) per frame
+    truth = np.zeros((frames, *space), np.uint32)
+    image = np.empty((frames, *space), np.uint16)
+    next_id = 1
+    for t in range(frames):
+        points, sizes = place(body, t), radii.copy()
+        alive = np.ones(n_all, bool)
+        alive[mothers[birth <= t]] = False
+        spread = r_daughter * np.clip(0.5 + 0.25 * (t - birth), 0.5, 1.0)
+        offset = direction * spread[:, None]
+        daughters = np.stack([place(body[mothers] + offset, t), place(body[mothers] - offset, t)], 1)
+        points = np.concatenate([points, daughters.reshape(-1, ndim)])
+        sizes = np.concatenate([sizes, np.repeat(r_daughter, 2)])
+        alive[n:] = np.repeat(birth <= t, 2)
+        index = _paint_balls(space, points, sizes, alive)  # nucleus index + 1 per voxel
+        seen = np.flatnonzero(np.bincount(index.ravel(), minlength=n_all + 1)[1:])
+        ids[t, seen] = np.arange(next_id, next_id + seen.size)
+        next_id += seen.size
+        truth[t] = np.concatenate([[0], ids[t]])[index]
+        signal = ndi.gaussian_filter((index > 0).astype(np.float32), 1.0)
+        values = 200 + 800 * signal * np.concatenate([[0.0], brightness])[index] \
+            + np.random.default_rng([seed, 6, t]).normal(0, noise, space)
+        image[t] = np.clip(values, 0, 65535)
+    links = []
+    for t in range(frames - 1):
+        both = (ids[t] > 0) & (ids[t + 1] > 0)
+        links.append(np.stack([ids[t, both], ids[t + 1, both]], 1))
+        for k in np.flatnonzero(birth == t + 1):
+            for d in (n + 2 * k, n + 2 * k + 1):
+                if ids[t, mothers[k]] and ids[t + 1, d]:
+                    links.append(np.array([[ids[t, mothers[k]], ids[t + 1, d]]]))
+    return image, truth, np.concatenate(links).astype(np.int64)
+
+
+def _mothers(body: np.ndarray, radii: np.ndarray, divisions: int, frames: int, space: tuple[int, ...],
+             place) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei that divide (inside the image, a radius from its borders, from a frame before their
+    division to two frames after it; those with most room around them first) and the frame each divides at (spread
+    over the movie)."""
+    if divisions <= 0 or frames < 4:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    births = np.linspace(2, frames - 2, divisions).round().astype(np.int64)
+    dist, near = cKDTree(body).query(body, k=2)
+    room = (dist[:, 1] - radii[near[:, 1]]) / radii  # gap to the nearest neighbour, in own radii
+    mothers: list[int] = []
+    for birth in births:
+        inside = np.ones(len(body), bool)
+        for t in range(max(birth - 1, 0), min(birth + 3, frames)):
+            at = place(body, t)
+            inside &= ((at >= radii[:, None]) & (at <= np.asarray(space) - 1 - radii[:, None])).all(1)
+        inside[mothers] = False
+        if inside.any():
+            mothers.append(int(np.flatnonzero(inside)[np.argmax(room[inside])]))
+    births = births[:len(mothers)]
+    return np.asarray(mothers, np.int64), births
+
+
+def _paint_balls(shape: tuple[int, ...], centres: np.ndarray, radii: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Index + 1 of the ball each voxel is in (0 outside all), for the balls marked ``alive``; where balls
+    overlap, a voxel goes to the ball it lies deepest in (relative to the ball's radius)."""
+    index = np.zeros(shape, np.int32)
+    depth = np.full(shape, np.inf, np.float32)
+    for i in np.flatnonzero(alive):
+        c, r = centres[i], radii[i]
+        lo = np.maximum(np.floor(c - r).astype(int), 0)
+        hi = np.minimum(np.ceil(c + r).astype(int) + 1, shape)
+        if (hi <= lo).any():
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grids = np.ogrid[box]
+        d = sum(((g + 0.5 - ci) / r) ** 2 for g, ci in zip(grids, c)).astype(np.float32)
+        wins = (d <= 1) & (d < depth[box])
+        index[box][wins] = i + 1
+        depth[box][wins] = d[wins]
+    return index
