@@ -32,7 +32,7 @@ from bigseg.measure import parts
 from bigseg.measure.parts import Column, JoinTask
 
 #: Voxels of a block task, about (the label array's chunks are grown up to it).
-BLOCK_VOXELS = 2**24
+BLOCK_VOXELS = 2**22
 #: Objects per count task, about (the parts' rows, grouped in label order).
 LABELS_PER_TASK = 200_000
 
