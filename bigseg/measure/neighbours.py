@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from bigseg.errors import ParameterError
+from bigseg.errors import InputError, ParameterError
 from bigseg.io import store
 from bigseg.measure import parts
 from bigseg.measure.parts import Column, JoinTask
@@ -219,6 +219,8 @@ def bucket_part(task: BucketTask) -> int:
 def _rows(url: str, centroid_columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     values = parts.read_columns(url, ("label",) + tuple(centroid_columns))
     coords = np.column_stack([values[c].astype(np.float64) for c in centroid_columns])
+    if not np.isfinite(coords).all():
+        raise InputError(f"{url}: some centroids are not numbers; measure the labels again")
     return values["label"].astype(np.uint64), coords
 
 

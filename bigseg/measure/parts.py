@@ -7,6 +7,7 @@ worker tasks; its last step is one :class:`JoinTask` per part.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from bigseg.io import store
 from bigseg.io import table as table_io
 
 SPATIAL_AXES = ("z", "y", "x")
+#: Footers read at once.
+FOOTER_READERS = 16
 
 
 def part_urls(parts_url: str) -> list[str]:
@@ -45,13 +48,20 @@ def ranges(urls: list[str], columns: tuple[str, ...], dtype) -> tuple[np.ndarray
     rows = np.zeros(len(urls), np.int64)
     low = np.zeros((len(urls), len(columns)), dtype)
     high = np.zeros((len(urls), len(columns)), dtype)
-    for i, url in enumerate(urls):
-        fs, path = store.filesystem(url)
-        meta = pq.read_metadata(path, filesystem=fs)
-        rows[i] = meta.num_rows
-        if rows[i]:
-            low[i], high[i] = _footer_range(meta, columns) or _read_range(url, columns)
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:  # one small read per part: concurrent on object stores
+        for i, (n, lo, hi) in enumerate(pool.map(lambda u: _range(u, columns), urls)):
+            rows[i] = n
+            if n:
+                low[i], high[i] = lo, hi
     return rows, low, high
+
+
+def _range(url: str, columns: tuple[str, ...]):
+    fs, path = store.filesystem(url)
+    meta = pq.read_metadata(path, filesystem=fs)
+    if not meta.num_rows:
+        return 0, None, None
+    return (meta.num_rows, *(_footer_range(meta, columns) or _read_range(url, columns)))
 
 
 def _footer_range(meta, columns: tuple[str, ...]):

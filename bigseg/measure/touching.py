@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from bigseg.errors import ParameterError
+from bigseg.errors import InputError, ParameterError
 from bigseg.io import store
 from bigseg.measure import parts
 from bigseg.measure.parts import Column, JoinTask
@@ -75,6 +75,9 @@ def touching_steps(parts_url: str, labels_url: str, work_url: str, path: str = "
         return [[], [], [JoinTask(u, (), (TOUCHING,)) for u in urls]]
     array = zarr.open_array(store=labels_url, path=path, mode="r")
     shape = tuple(array.shape)
+    if len(shape) not in (2, 3):
+        raise InputError(f"{labels_url}: labels of {len(shape)} axes; give a label array of axes (y, x) or "
+                         "(z, y, x)")
     block = _check_block(block, shape) if block is not None else default_block(shape, _chunks(array))
     bounds = label_bounds(rows[full], low[full, 0], labels_per_task or LABELS_PER_TASK)
     folder = store.join(work_url, "touching-" + _fingerprint(labels_url, path, shape, block, bounds, urls))
