@@ -14,7 +14,8 @@ from scipy.spatial import cKDTree
 import bigseg
 from bigseg.errors import ParameterError
 from bigseg.io import table as table_io
-from bigseg.measure import neighbours, parts, touching
+from bigseg.measure import neighbours, touching
+from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
 from bigseg.synthetic import nuclei, write_ome_zarr
 
 
@@ -58,7 +59,7 @@ def test_neighbours_equal_ckdtree_over_the_whole_table(client, job, tmp_path):
     res, ndim = job
     radius = 6.0 if ndim == 3 else 4.0
     steps = neighbours.neighbour_steps(res.table, str(tmp_path / "work"), radius, objects_per_task=10)
-    results = _run(client, steps, neighbours.neighbours_task)
+    results = _run(client, steps, neighbourhood_task)
     table = table_io.read_table(res.table)
     assert len(table) == res.objects
 
@@ -103,7 +104,7 @@ def test_touching_equals_numpy_on_the_whole_label_image(client, job, tmp_path):
     block = (5, 20, 23) if ndim == 3 else (37, 41)  # not the job's blocks, nor the chunks
     steps = touching.touching_steps(res.table, res.labels, str(tmp_path / "work"), block=block, labels_per_task=20)
     assert len(steps[0]) >= 20 and len(steps[1]) >= 3
-    _run(client, steps, touching.touching_task)
+    _run(client, steps, neighbourhood_task)
     table = table_io.read_table(res.table)
     ref = _touching_reference(zarr.open_array(res.labels + "/0", mode="r")[:])
     assert sorted(ref) == table["label"].tolist()
@@ -116,28 +117,23 @@ def _hashes(folder: str) -> dict[str, str]:
             for n in sorted(os.listdir(folder))}
 
 
-def test_a_rerun_rewrites_the_same_bytes_and_one_merged_join_equals_two(client, job, tmp_path):
+def test_a_rerun_rewrites_the_same_bytes_and_one_merged_pass_equals_two(client, job, tmp_path):
     res, ndim = job
     work = str(tmp_path / "work")
-    nb = neighbours.neighbour_steps(res.table, work, 4.0, objects_per_task=25)
-    tc = touching.touching_steps(res.table, res.labels, work, block=(12, 32, 32) if ndim == 3 else (64, 64))
-    _run(client, [nb[0] + tc[0], nb[1], tc[1], parts.merge_joins(nb[2], tc[2])], _either)
+    block = (12, 32, 32) if ndim == 3 else (64, 64)
+    _run(client, neighbourhood_steps(res.table, work, 4.0, res.labels, block=block, objects_per_task=25),
+         neighbourhood_task)
     first = _hashes(res.table)
-    before = table_io.read_table(res.table)
-    _run(client, nb, neighbours.neighbours_task)  # each pass again, on its own, from its first step
-    _run(client, tc, touching.touching_task)
+    table = table_io.read_table(res.table)
+    # each family again, on its own, from its first step; then a join step alone
+    near = neighbours.neighbour_steps(res.table, work, 4.0, objects_per_task=25)
+    _run(client, near, neighbourhood_task)
+    _run(client, touching.touching_steps(res.table, res.labels, work, block=block), neighbourhood_task)
     assert _hashes(res.table) == first
-    _run(client, [nb[2]], neighbours.neighbours_task)  # a join alone, again
+    _run(client, [near[2]], neighbourhood_task)
     assert _hashes(res.table) == first
-    assert list(before.columns[-4:]) == ["nearest_neighbour_distance", "nearest_neighbour_label",
-                                         "neighbours_within_radius", "touching_objects"]
-
-
-def _either(task):
-    """The worker function of whichever pass ``task`` belongs to."""
-    if isinstance(task, (touching.PairsTask, touching.CountTask)):
-        return touching.touching_task(task)
-    return neighbours.neighbours_task(task)
+    assert list(table.columns[-4:]) == ["nearest_neighbour_distance", "nearest_neighbour_label",
+                                        "neighbours_within_radius", "touching_objects"]
 
 
 def _write_parts(folder, label, columns: dict, n_parts):
@@ -162,7 +158,7 @@ def test_touching_with_arbitrary_uint64_ids_and_an_id_in_several_places(client, 
                                                    "centroid_x": np.zeros(present.size)}, 4)
     steps = touching.touching_steps(str(tmp_path / "table"), url, str(tmp_path / "work"), path="",
                                     block=(4, 10, 12), labels_per_task=6)
-    _run(client, steps, touching.touching_task)
+    _run(client, steps, neighbourhood_task)
     table = table_io.read_table(str(tmp_path / "table"))
     ref = _touching_reference(labels)
     assert table["label"].tolist() == sorted(ref)
@@ -178,7 +174,7 @@ def test_lattice_ties_and_radius_on_the_region_faces(client, tmp_path):
     _write_parts(str(tmp_path / "table"), label, {"centroid_y": yx[:, 0], "centroid_x": yx[:, 1]}, 5)
     steps = neighbours.neighbour_steps(str(tmp_path / "table"), str(tmp_path / "work"), 0.5, objects_per_task=6)
     assert len(steps[1]) >= 12
-    _run(client, steps, neighbours.neighbours_task)
+    _run(client, steps, neighbourhood_task)
     table = table_io.read_table(str(tmp_path / "table"))
     xy, lab = table[["centroid_y", "centroid_x"]].to_numpy(), table["label"].to_numpy()
     d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))  # brute force over all pairs
@@ -198,7 +194,7 @@ def test_a_lone_object_and_empty_parts(client, tmp_path):
                                       "centroid_x": np.array([], float)}), table_io.part_url(folder, 0))
     table_io.write_part(pd.DataFrame({"label": np.array([7], np.uint64), "centroid_y": [1.0],
                                       "centroid_x": [2.0]}), table_io.part_url(folder, 1))
-    _run(client, neighbours.neighbour_steps(folder, str(tmp_path / "work"), 3.0), neighbours.neighbours_task)
+    _run(client, neighbours.neighbour_steps(folder, str(tmp_path / "work"), 3.0), neighbourhood_task)
     empty = pd.read_parquet(table_io.part_url(folder, 0))
     assert len(empty) == 0 and "nearest_neighbour_distance" in empty
     table = table_io.read_table(folder)

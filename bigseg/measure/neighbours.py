@@ -324,12 +324,3 @@ def _part_bound(points: np.ndarray, rows, low, high) -> np.ndarray:
         other = (rows[None] >= 2) | ((rows[None] == 1) & np.any(low[None] != p, axis=2))
         out[s:s + 256] = np.where(other, corner, np.inf).min(axis=1)
     return out
-
-
-def neighbours_task(task: BucketTask | RegionTask | JoinTask):
-    """The pass's worker function, for every step."""
-    if isinstance(task, BucketTask):
-        return bucket_part(task)
-    if isinstance(task, RegionTask):
-        return measure_region(task)
-    return parts.join_part(task)

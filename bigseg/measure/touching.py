@@ -193,12 +193,3 @@ def count_touching(task: CountTask) -> int:
     label, count = np.unique(pairs[:, 0], return_counts=True)
     store.save_arrays(task.out_url, {"label": label, TOUCHING.name: count.astype(np.int64)})
     return int(label.size)
-
-
-def touching_task(task: PairsTask | CountTask | JoinTask):
-    """The pass's worker function, for every step."""
-    if isinstance(task, PairsTask):
-        return block_pairs(task)
-    if isinstance(task, CountTask):
-        return count_touching(task)
-    return parts.join_part(task)
