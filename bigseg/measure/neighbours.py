@@ -79,7 +79,8 @@ class BucketTask:
 @dataclass(frozen=True)
 class RegionTask:
     """Measure the objects of one region from the bucket files of the parts near it (``sources``); the results
-    of a part's rows go to ``results[i]`` (None: the part has no rows in the region)."""
+    of a part's rows go to ``results[i]`` (None: the part has no rows in the region). A nearest neighbour
+    within ``margin`` is exact (inf: the only region, which holds every object)."""
 
     sources: tuple[str, ...]
     results: tuple[str | None, ...]
@@ -124,7 +125,7 @@ def neighbour_steps(parts_url: str, work_url: str, radius: float | None,
     own_sets = {j: set(own[j]) for j in full}
     measures = [RegionTask(tuple(_bucket_url(folder, i, j) for j in near),
                            tuple(_result_url(folder, i, j) if r in own_sets[j] else None for j in near),
-                           grid.margin, radius, summary_url, centroid)
+                           grid.margin if len(regions) > 1 else math.inf, radius, summary_url, centroid)
                 for i, (r, near) in enumerate(zip(regions, near_parts))]
     joins = [JoinTask(u, tuple(_result_url(folder, region_id[r], j) for r in own.get(j, ())), cols)
              for j, u in enumerate(urls)]
@@ -168,8 +169,9 @@ def plan_grid(rows: np.ndarray, low: np.ndarray, high: np.ndarray, radius: float
         if finer is None:
             break
         edge, peak = edge / 2, finer
-    flat = max(1, int(np.sum(top - origin >= edge)))  # axes the objects spread along, at this edge
-    spacing = edge / max(peak, 1.0) ** (1 / flat)
+    spread = np.minimum(top - origin, edge)  # the fullest region's extent along each axis, about
+    spread = spread[spread > 0]
+    spacing = (np.prod(spread) / max(peak, 1.0)) ** (1 / spread.size) if spread.size else 0.0
     margin = max(radius * (1 + SLACK), min(SPACINGS * spacing, edge / 2))
     return Grid(tuple(float(o) for o in origin), edge, margin)
 
