@@ -167,7 +167,8 @@ def _client_seconds(plan: Plan, summary, n_blocks: int) -> tuple[float, float]:
         t1 = time.perf_counter()
         measure_stage.merge_steps(lookup, JobFiles("memory://bigseg-dry-run"),
                                   measure_stage.TableArgs(view.scale, view.translation, view.shape,
-                                                          view.channel_names, plan.measure.extras))
+                                                          view.channel_names, plan.measure.extras,
+                                                          plan.measure.parent))
         return t1 - t0, time.perf_counter() - t1
 
     timed(1)  # imports and first calls, which this process has paid whatever the job

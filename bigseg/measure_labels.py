@@ -25,8 +25,9 @@ from bigseg.io.lock import JobLock
 from bigseg.io.ome import ImageView, open_array, open_image
 from bigseg.engine.journal import Journal
 from bigseg.engine.runner import StageRunner
-from bigseg.measure import columns, partials
-from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
+from bigseg.measure import partials
+from bigseg.measure.stage import TableArgs
+from bigseg.measure.passes import TableAt, run_passes
 from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class MeasureResult:
 @dataclass(frozen=True)
 class LabelsPlan:
     view: ImageView          # the image level the labels cover, measuring the chosen channels
+    name: str                # the label image's name
     labels_url: str          # the label image's group
     level_path: str          # its level 0
     zarr_format: int
@@ -76,7 +78,7 @@ class MergeTask:
     hi: int
     sources: tuple[str, ...]
     part_url: str
-    table_args: tuple
+    table_args: TableArgs
 
 
 def plan(image_url: str, labels: str, settings, n_workers: int, block=None) -> LabelsPlan:
@@ -99,7 +101,7 @@ def plan(image_url: str, labels: str, settings, n_workers: int, block=None) -> L
     chunks = lview.chunks if block is None else (1,) * view.ndim  # tasks only read: any block will do
     grid = plan_grid(view.shape, chunks, (0,) * view.ndim, block, max_voxels=BLOCK_VOXELS)
     work = store.join(labels_url, ".bigseg-measure-work")
-    return LabelsPlan(view, labels_url, label_image.levels[0].path, label_image.zarr_format, grid,
+    return LabelsPlan(view, labels, labels_url, label_image.levels[0].path, label_image.zarr_format, grid,
                       measure_plan(settings, view), work, store.join(labels_url, "measurements.parquet"))
 
 
@@ -126,6 +128,9 @@ def block_partials(task: PartialsTask) -> tuple[int, int, int, np.ndarray]:
     ids, local = np.unique(flat[where], return_inverse=True)
     part = partials.voxel_partials(where, local.astype(np.int64) + 1, labels.shape,
                                    _intensities(p.view, block, labels), block.origin, ids.size, p.measure.extras)
+    if p.measure.parent_array is not None:
+        parents = np.asarray(open_array(*p.measure.parent_array)[block.core]).ravel()[where]
+        part.update(partials.contingency(local.astype(np.int64), parents))
     store.save_arrays(task.out_url, {"label": ids.astype(np.uint64), **part})
     sample = ids[np.linspace(0, ids.size - 1, min(SAMPLE_IDS, ids.size)).astype(int)] if ids.size else ids
     return int(ids.size), int(ids[0]) if ids.size else 0, int(ids[-1]) if ids.size else 0, \
@@ -144,16 +149,15 @@ def merge_range(task: MergeTask) -> int:
         rows = slice(*np.searchsorted(label, np.array([task.lo, task.hi], np.uint64)))  # uint64: no float rounding
         parts.append(partials.take(block, rows))
         ids.append(label[rows])
-    scale, translation, shape, names, extras = task.table_args
+    args = task.table_args
     if parts:
         unique, group = np.unique(np.concatenate(ids), return_inverse=True)
         merged = partials.merge(partials.concat(parts), group, unique.size)
         spanned = np.bincount(group, minlength=unique.size)  # each source holds an id once
     else:
         unique, spanned = np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        merged = partials.empty_partials(len(shape), len(names), extras)
-    table_io.write_part(columns.table(merged, unique, spanned, scale, translation, shape, list(names)),
-                        task.part_url)
+        merged = partials.empty_partials(len(args.shape), len(args.channel_names), args.extras)
+    table_io.write_part(args.table(merged, unique, spanned), task.part_url)
     return int(unique.size)
 
 
@@ -187,7 +191,8 @@ def run(lplan: LabelsPlan, client) -> MeasureResult:
         lows, highs = np.array([f[1] for f in found], np.uint64), np.array([f[2] for f in found], np.uint64)
         bounds = id_ranges(counts, [f[3] for f in found], OBJECTS_PER_TASK)
         view = lplan.view
-        args = (view.scale, view.translation, view.shape, view.channel_names, lplan.measure.extras)
+        args = TableArgs(view.scale, view.translation, view.shape, view.channel_names, lplan.measure.extras,
+                         lplan.measure.parent)
         parts_url = store.join(lplan.work_url, "table")
         merges = []
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -195,11 +200,9 @@ def run(lplan: LabelsPlan, client) -> MeasureResult:
             merges.append(MergeTask(int(lo), int(hi), tuple(tasks[j].out_url for j in np.flatnonzero(holds)),
                                     table_io.part_url(parts_url, i), args))
         objects = sum(stages.run("measure", merge_range, merges))
-        radius = lplan.measure.neighbour_radius
-        if radius is not None:
-            steps = neighbourhood_steps(parts_url, lplan.work_url, radius, lplan.labels_url, lplan.level_path)
-            for i, step in enumerate(steps):
-                stages.run("neighbours", neighbourhood_task, step, step=f"neighbours-{i}", results=False)
+        run_passes(stages, lplan.measure, TableAt(parts_url, lplan.work_url, lplan.labels_url, lplan.level_path,
+                                                  view.image.url, lplan.name, view.ndim,
+                                                  float(np.prod(view.scale))))
         table_io.replace(parts_url, lplan.table_url)
         store.remove(lplan.work_url)
     stages.seconds["total"] = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg.measure import stage as measure_stage
-from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
+from bigseg.measure.passes import TableAt, run_passes
 from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
@@ -116,7 +116,8 @@ class Plan:
         read = None if kept is None else intersect(extend(kept, self.halo, self.view.shape, self.grid.align),
                                                    block.extended)
         return SegmentTask(self.view, self.method, self.grid, block, files, self.min_size,
-                           self.spec.options.skip_bad_blocks, kept, read, self.measure.extras)
+                           self.spec.options.skip_bad_blocks, kept, read, self.measure.extras,
+                           self.measure.parent_array)
 
     @property
     def blocks_background(self) -> int:
@@ -308,7 +309,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
     channel_names = view.channel_names
     table_args = measure_stage.TableArgs(view.scale, view.translation, view.shape, channel_names,
-                                         plan.measure.extras)
+                                         plan.measure.extras, plan.measure.parent)
     if not published:
         with stages.local("measure"):
             merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
@@ -343,16 +344,11 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
 
 
 def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
-    """The passes over the finished table parts that the measure settings ask for: neighbourhoods (centroid
-    neighbours and touching objects), step by step on the workers."""
-    radius = plan.measure.neighbour_radius
-    if radius is None:
-        return
-    with stages.local("neighbours"):
-        steps = neighbourhood_steps(files.table_parts, files.work_url, radius, plan.target.url,
-                                    plan.target.level_path(0))
-    for i, tasks in enumerate(steps):
-        stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
+    """The passes over the finished table parts that the measure settings ask for (neighbourhoods, the parent's
+    children), step by step on the workers."""
+    view, target = plan.view, plan.target
+    run_passes(stages, plan.measure, TableAt(files.table_parts, files.work_url, target.url, target.level_path(0),
+                                             view.image.url, target.name, view.ndim, float(np.prod(view.scale))))
 
 
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:

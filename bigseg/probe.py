@@ -127,7 +127,7 @@ def probe_block(task: SegmentTask) -> BlockProbe:
                     t0 = time.perf_counter()
                     names = view.channel_names
                     args = measure_stage.TableArgs(view.scale, view.translation, view.shape, names,
-                                                   task.extras)
+                                                   task.extras, task.parent and "parent")
                     measure_stage.measure_block(measure_stage.MeasureTask(
                         files.interior_stats(block.id), part_url(store.join(files.work_url, "table"), 0), k + 1,
                         args))

@@ -69,6 +69,8 @@ class SegmentTask:
     read: tuple[slice, ...] | None = None
     #: the statistics beyond the basic ones (second moments, colocalization)
     extras: measure.Extras = measure.Extras()
+    #: the parent label image's array (url, path, zarr format) whose ids each fragment's voxels are counted in
+    parent: tuple[str, str, int] | None = None
 
     @property
     def read_region(self) -> tuple[slice, ...]:
@@ -140,6 +142,8 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         where, ids = where[ids > 0], ids[ids > 0]
     partials = measure.voxel_partials(where, ids, core.shape, _channels(task, extended), block.origin, n,
                                       task.extras)
+    if task.parent is not None:
+        partials.update(measure.contingency(ids.astype(np.int64) - 1, _parent_ids(task, where)))
     if n > k:
         store.save_arrays(task.files.interior_stats(block.id), measure.take(partials, slice(k, n)))
     if k:
@@ -187,6 +191,11 @@ def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:
     return task.view.read_channels(task.block.core)
 
 
+def _parent_ids(task: SegmentTask, where: np.ndarray) -> np.ndarray:
+    """The parent label image's ids at the core's voxels ``where`` (flat indices)."""
+    return np.asarray(open_array(*task.parent)[task.block.core]).ravel()[where]
+
+
 def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarray, t0: float) -> BlockSummary:
     """A semantic class map: class numbers are the final ids, so the core is written as it is; the per-class
     statistics (of the classes present, in order) go to the work folder and their counts back
@@ -202,6 +211,10 @@ def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarra
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
     partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size,
                                       task.extras)
+    if task.parent is not None:
+        where = np.flatnonzero(classes)
+        partials.update(measure.contingency(lut[classes.ravel()[where]].astype(np.int64) - 1,
+                                            _parent_ids(task, where)))
     store.save_arrays(task.files.boundary_stats(block.id), partials)
     counts = np.zeros(m, np.int64)
     counts[present - 1] = partials["count"]

@@ -22,7 +22,7 @@ AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
 def table(partials: dict, labels: np.ndarray, n_blocks: np.ndarray, scale, translation,
-          shape: tuple[int, ...], channel_names: list[str]) -> pd.DataFrame:
+          shape: tuple[int, ...], channel_names: list[str], parent: str | None = None) -> pd.DataFrame:
     """The measurements table: one row per object, physical units from ``scale``/``translation``."""
     ndim = len(shape)
     axes = AXES[ndim]
@@ -53,7 +53,22 @@ def table(partials: dict, labels: np.ndarray, n_blocks: np.ndarray, scale, trans
         cols.update(shape_columns(partials["coord_m2"], count, scale))
     if "cross_m2" in partials:
         cols.update(colocalization_columns(partials, channel_names))
+    if "contingency_row" in partials:
+        cols.update(parent_columns(partials, count, parent or "parent"))
     return pd.DataFrame(cols)
+
+
+def parent_columns(partials: dict, count: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """``parent_<name>``: the parent object holding most of each object's voxels (the smallest id of a tie; 0:
+    none), ``parent_<name>_overlap``: the share of the object's voxels inside it."""
+    rows, ids, n = partials["contingency_row"], partials["contingency_id"], partials["contingency_count"]
+    parent, overlap = np.zeros(count.size, np.uint64), np.zeros(count.size)
+    if rows.size:
+        order = np.lexsort((ids, -n, rows))
+        best = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+        parent[rows[best]] = ids[best]
+        overlap[rows[best]] = n[best] / count[rows[best]]
+    return {f"parent_{name}": parent, f"parent_{name}_overlap": overlap}
 
 
 def shape_columns(coord_m2: np.ndarray, count: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:

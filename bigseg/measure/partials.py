@@ -8,7 +8,9 @@ Always there: ``count``, ``coord_sum``, ``bbox_min``/``bbox_max`` (voxel indices
 ``sum``, ``m2``, ``min``, ``max``. With :class:`Extras`: ``coord_m2`` (the coordinates' central co-moments, pairs
 of :func:`pairs`, voxel units: the shape's second moments), ``cross_m2`` (the channels' central co-moments, pairs
 ``i < j``) and ``coloc_sum`` (C x C: the sum of channel i over the voxels where channels i and j are both above
-their thresholds; the diagonal is channel i above its own).
+their thresholds; the diagonal is channel i above its own). With a parent label image, the sparse
+*contingency* ``contingency_row`` / ``contingency_id`` / ``contingency_count`` (not one row per fragment: entries
+naming a row): how many of the row's voxels lie in each parent object (nonzero ids only); sums, merged exactly.
 """
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ class Extras:
 
     moments: bool = False
     thresholds: tuple[float, ...] | None = None
+    #: a parent label image is read beside the labels (its contingency is added by :func:`contingency`)
+    parent: bool = False
+
+#: The keys of the sparse contingency (entries, not rows).
+CONTINGENCY = ("contingency_row", "contingency_id", "contingency_count")
 
 
 def pairs(k: int, diagonal: bool = True) -> list[tuple[int, int]]:
@@ -124,13 +131,56 @@ def _coloc_sums(values: list[np.ndarray], thresholds: tuple[float, ...], starts:
     return out
 
 
+def contingency(rows: np.ndarray, other: np.ndarray) -> dict:
+    """The contingency of voxels' ``rows`` with another label image's ids ``other`` there: one entry per (row,
+    nonzero id) present, with its voxel count."""
+    keep = other > 0
+    return _combine(rows[keep].astype(np.int64), other[keep].astype(np.uint64), None)
+
+
+def _combine(rows: np.ndarray, ids: np.ndarray, counts: np.ndarray | None) -> dict:
+    """Contingency entries with their (row, id) pairs made unique, counts summed (each pair counts 1 without
+    ``counts``)."""
+    if rows.size == 0:
+        return _no_contingency()
+    order = np.lexsort((ids, rows))
+    rows, ids = rows[order], ids[order]
+    starts = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])])
+    total = np.diff(np.r_[starts, rows.size]) if counts is None else np.add.reduceat(counts[order], starts)
+    return {"contingency_row": rows[starts], "contingency_id": ids[starts],
+            "contingency_count": total.astype(np.int64)}
+
+
+def _no_contingency() -> dict:
+    return {"contingency_row": np.zeros(0, np.int64), "contingency_id": np.zeros(0, np.uint64),
+            "contingency_count": np.zeros(0, np.int64)}
+
+
+def _dense(partials: dict) -> dict:
+    return {k: v for k, v in partials.items() if k not in CONTINGENCY}
+
+
 def take(partials: dict, rows) -> dict:
-    return {k: v[rows] for k, v in partials.items()}
+    out = {k: v[rows] for k, v in _dense(partials).items()}
+    if "contingency_row" in partials:
+        n = partials["count"].size
+        new = np.full(n, -1, np.int64)
+        new[rows] = np.arange(out["count"].size)
+        at = new[partials["contingency_row"]]
+        keep = at >= 0
+        out.update({"contingency_row": at[keep], "contingency_id": partials["contingency_id"][keep],
+                    "contingency_count": partials["contingency_count"][keep]})
+    return out
 
 
 def concat(parts: list[dict]) -> dict:
-    keys = parts[0].keys()
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in _dense(parts[0])}
+    if "contingency_row" in parts[0]:
+        offsets = np.cumsum([0] + [p["count"].size for p in parts[:-1]])
+        out["contingency_row"] = np.concatenate([p["contingency_row"] + o for p, o in zip(parts, offsets)])
+        for key in CONTINGENCY[1:]:
+            out[key] = np.concatenate([p[key] for p in parts])
+    return out
 
 
 def merge(partials: dict, group: np.ndarray, n_groups: int) -> dict:
@@ -162,6 +212,9 @@ def merge(partials: dict, group: np.ndarray, n_groups: int) -> dict:
         out["cross_m2"] = _chan(partials["cross_m2"], channel_dev, n_i, pairs(c, diagonal=False), group, n_groups)
     if "coloc_sum" in partials:
         out["coloc_sum"] = _sum_by(partials["coloc_sum"], group, n_groups)
+    if "contingency_row" in partials:
+        out.update(_combine(np.asarray(group)[partials["contingency_row"]].astype(np.int64),
+                            partials["contingency_id"], partials["contingency_count"]))
     return out
 
 
@@ -183,7 +236,8 @@ def extras_of(partials: dict) -> Extras:
     """The :class:`Extras` that partials were computed with (the thresholds' values are not kept: a placeholder
     of the right length)."""
     c = partials["sum"].shape[1]
-    return Extras("coord_m2" in partials, (0.0,) * c if "coloc_sum" in partials else None)
+    return Extras("coord_m2" in partials, (0.0,) * c if "coloc_sum" in partials else None,
+                  "contingency_row" in partials)
 
 
 def empty_partials(ndim: int, n_channels: int, extras: Extras = Extras()) -> dict:
@@ -196,4 +250,6 @@ def empty_partials(ndim: int, n_channels: int, extras: Extras = Extras()) -> dic
     if extras.thresholds is not None:
         out["cross_m2"] = np.zeros((0, len(pairs(n_channels, diagonal=False))))
         out["coloc_sum"] = np.zeros((0, n_channels * n_channels))
+    if extras.parent:
+        out.update(_no_contingency())
     return out

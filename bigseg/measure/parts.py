@@ -106,11 +106,12 @@ class Column:
 @dataclass(frozen=True)
 class JoinTask:
     """Join ``columns`` from the result files ``results`` (.npz: ``label`` and one array per column) into the part
-    ``part_url`` by label, and rewrite the part."""
+    ``part_url`` by label, and rewrite the part (or write it to ``out_url``)."""
 
     part_url: str
     results: tuple[str, ...]
     columns: tuple[Column, ...]
+    out_url: str | None = None
 
 
 def join_part(task: JoinTask) -> int:
@@ -130,7 +131,7 @@ def join_part(task: JoinTask) -> int:
                 values[c.name][order[at[found]]] = result[c.name][found]
     for name, column in values.items():
         df[name] = column
-    table_io.write_part(df, task.part_url)
+    table_io.write_part(df, task.out_url or task.part_url)
     return len(df)
 
 

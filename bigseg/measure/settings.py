@@ -24,13 +24,16 @@ class MeasurePlan:
     crops: bool = False
     #: the neighbour passes, and their radius in physical units (None: no neighbours)
     neighbour_radius: float | None = None
-    #: the parent label image's name (None: no parent)
+    #: the parent label image's name (None: no parent) and its level of the measured level's shape
+    #: (url, path, zarr format)
     parent: str | None = None
+    parent_array: tuple[str, str, int] | None = None
 
     def describe(self) -> dict:
         """For the label metadata and the resume identity."""
         return {"moments": self.extras.moments, "colocalization_thresholds": self.extras.thresholds,
-                "crops": self.crops, "neighbour_radius": self.neighbour_radius, "parent": self.parent}
+                "crops": self.crops, "neighbour_radius": self.neighbour_radius, "parent": self.parent,
+                "parent_level": None if self.parent_array is None else self.parent_array[1]}
 
 
 def measured_view(settings, view):
@@ -62,12 +65,31 @@ def measure_plan(settings, view) -> MeasurePlan:
     radius = None
     if "neighbours" in features:
         radius = _physical(settings.neighbour_radius, view)
-    if settings.parent is not None and settings.parent not in view.image.labels:
+    parent = None if settings.parent is None else _parent_array(settings.parent, view)
+    return MeasurePlan(Extras(moments="shape" in features, thresholds=thresholds, parent=parent is not None),
+                       "shape" in features, radius, settings.parent, parent)
+
+
+def _parent_array(name: str, view) -> tuple[str, str, int]:
+    """The parent label image's level whose shape is the measured level's (a parent segmented at another level
+    is refused: its ids are not resampled)."""
+    from bigseg.io import store
+    from bigseg.io.ome import open_image
+    if name not in view.image.labels:
         known = ", ".join(view.image.labels) or "none"
-        raise InputError(f"measure.parent: {view.image.url} has no label image '{settings.parent}' (it has: "
-                         f"{known}); segment the parents first (e.g. --name {settings.parent})")
-    return MeasurePlan(Extras(moments="shape" in features, thresholds=thresholds), "shape" in features, radius,
-                       settings.parent)
+        raise InputError(f"measure.parent: {view.image.url} has no label image '{name}' (it has: {known}); "
+                         f"segment the parents first (e.g. --name {name})")
+    url = store.join(view.image.url, "labels", name)
+    labels = open_image(url)
+    shapes = [labels.view(lv).shape for lv in range(len(labels.levels))]
+    if not store.exists(store.join(url, "measurements.parquet")):
+        raise InputError(f"measure.parent: label image '{name}' has no measurements table for its children's "
+                         f"counts; measure it first: bigseg measure IMAGE --labels {name}")
+    for level, shape in enumerate(shapes):
+        if shape == tuple(view.shape):
+            return url, labels.levels[level].path, labels.zarr_format
+    raise InputError(f"measure.parent: label image '{name}' has levels of shape {shapes}, none the shape of the "
+                     f"measured level {view.level} {tuple(view.shape)}; segment (or measure) at the parents' level")
 
 
 def _thresholds(given, view) -> tuple[float, ...]:

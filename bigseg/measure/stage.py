@@ -42,10 +42,12 @@ class TableArgs:
     shape: tuple[int, ...]
     channel_names: tuple[str, ...]
     extras: partials.Extras = partials.Extras()
+    #: the parent label image's name (its columns: parent_<name>, parent_<name>_overlap)
+    parent: str | None = None
 
     def table(self, merged: dict, labels: np.ndarray, blocks: np.ndarray):
         return columns.table(merged, labels, blocks, self.scale, self.translation, self.shape,
-                             list(self.channel_names))
+                             list(self.channel_names), self.parent)
 
 
 @dataclass(frozen=True)

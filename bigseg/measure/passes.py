@@ -1,0 +1,53 @@
+"""The passes over a finished table's parts that a job's measure settings ask for, run step by step on the
+workers with the job's :class:`~bigseg.engine.runner.StageRunner`: neighbourhoods (centroid neighbours and
+touching objects) and the parent's side of parent-child counts. The segment job and the measure job run the same
+passes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bigseg.io import store
+from bigseg.io import table as table_io
+from bigseg.io.lock import JobLock
+from bigseg.measure import children
+from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
+from bigseg.measure.settings import MeasurePlan
+
+
+@dataclass(frozen=True)
+class TableAt:
+    """Where a table's parts are, and what they measure: the label image (its level 0) and its image."""
+
+    parts_url: str
+    work_url: str
+    labels_url: str
+    level_path: str
+    image_url: str
+    name: str
+    ndim: int
+    voxel_size: float  # physical size of a voxel
+
+
+def run_passes(stages, measure: MeasurePlan, at: TableAt) -> None:
+    if measure.neighbour_radius is not None:
+        with stages.local("neighbours"):
+            steps = neighbourhood_steps(at.parts_url, at.work_url, measure.neighbour_radius, at.labels_url,
+                                        at.level_path)
+        for i, tasks in enumerate(steps):
+            stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
+    if measure.parent is not None:
+        _children(stages, measure.parent, at)
+
+
+def _children(stages, parent: str, at: TableAt) -> None:
+    """The parent's table gets its children's count and total size; it is replaced whole, under its lock."""
+    parent_url = store.join(at.image_url, "labels", parent)
+    parent_table = store.join(parent_url, "measurements.parquet")
+    with stages.local("children"):
+        parent_parts, tasks = children.count_steps(at.parts_url, parent_table, at.work_url, parent, at.voxel_size)
+    written = stages.run("children", children.children_task, tasks, step="children-0")
+    out = store.join(at.work_url, "parent-table")
+    joins = children.join_steps(parent_parts, written, at.work_url, out, children.column_names(at.name, at.ndim))
+    stages.run("children", children.children_task, joins, step="children-1", results=False)
+    with stages.local("children"), JobLock(parent_url):
+        table_io.replace(out, parent_table)
