@@ -16,9 +16,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import zarr
 
-from bigseg.measure import stage as measure_stage
-from bigseg.measure.passes import TableAt, run_passes
-from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
@@ -31,6 +28,9 @@ from bigseg.engine import events as ev
 from bigseg.engine.cancel import Cancellation
 from bigseg.engine.journal import Journal, check_resumable
 from bigseg.engine.runner import StageRunner
+from bigseg.measure import stage as measure_stage
+from bigseg.measure.passes import TableAt, run_passes
+from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 from bigseg.methods import Method
 from bigseg.methods._sample import clear_sample_cache
 from bigseg.spec import JobSpec
@@ -313,8 +313,9 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     if not published:
         with stages.local("measure"):
             merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
-        interior = [measure_stage.MeasureTask(files.interior_stats(b.id), table_io.part_url(files.table_parts, b.id + 1),
-                                        int(lookup.interior_base[b.id]) + 1, table_args)
+        interior = [measure_stage.MeasureTask(files.interior_stats(b.id),
+                                              table_io.part_url(files.table_parts, b.id + 1),
+                                              int(lookup.interior_base[b.id]) + 1, table_args)
                     for b in blocks if by_id[b.id].n_fragments > by_id[b.id].n_boundary]
         for i, tasks in enumerate([merges[0] + interior, *merges[1:]]):  # later steps: merges of many blocks
             stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
