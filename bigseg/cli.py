@@ -1,6 +1,6 @@
 """The command line: ``bigseg demo``, ``info``, ``segment`` (``--dry-run``), ``preview``, ``measure``, ``spec``,
-``profiles``, ``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``,
-``retry``, ``logs``.
+``profiles``, ``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``,
+``job``, ``cancel``, ``retry``, ``logs``.
 
 User mistakes (:class:`~bigseg.errors.BigsegError`) are printed as one line and exit 2; anything
 else is a bug and keeps its traceback.
