@@ -12,6 +12,9 @@ from bigseg.io.ome import ImageView, open_array
 
 #: The picture uses the finest level with at most this many pixels per plane.
 MAX_PIXELS = 2048 * 2048
+#: Outline colours: 1024 fully saturated hues (a table: no float image of the outlines is made).
+PALETTE = (hsv2rgb(np.stack([np.arange(1024) / 1024, np.ones(1024), np.ones(1024)], axis=-1)[None])[0]
+           * 255).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -20,9 +23,8 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-9), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
     edges = find_boundaries(labels, mode="inner")
-    hue = (labels[edges].astype(np.float64) * 0.618033988749895) % 1.0  # golden-ratio hues: neighbours differ
-    hsv = np.stack([hue, np.ones_like(hue), np.ones_like(hue)], axis=-1)
-    rgb[edges] = (hsv2rgb(hsv[None])[0] * 255).astype(np.uint8)
+    hue = (labels[edges] * 0.618033988749895) % 1.0  # golden-ratio hues: neighbours differ
+    rgb[edges] = PALETTE[(hue * len(PALETTE)).astype(np.intp) % len(PALETTE)]
     return rgb
 
 
