@@ -34,22 +34,17 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
 
 from bigseg.io import store
 from bigseg.io import table as table_io
+from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
+
+__all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops"]
 
 #: The columns this pass adds, by number of spatial axes.
 CROP_COLUMNS = {2: ("solidity", "extent", "equivalent_diameter_area", "perimeter", "circularity"),
                 3: ("solidity", "extent", "equivalent_diameter_area", "surface_area", "sphericity")}
-#: Columns from the object's row (its voxel count and bounding box), set for every object.
-ROW_COLUMNS = ("extent", "equivalent_diameter_area")
 AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
-#: Inside test of a voxel centre against a hull facet's plane, as skimage's ``convex_hull_image``.
-HULL_TOLERANCE = 1e-10
-#: Facet-by-line values computed at once when the hull voxels are counted.
-_HULL_CHUNK = 1 << 22
 
 
 def crop_voxels() -> int:
@@ -57,142 +52,6 @@ def crop_voxels() -> int:
     (``bigseg.measure.crop-voxels``)."""
     import dask.config
     return int(dask.config.get("bigseg.measure.crop-voxels", default=2**27))
-
-
-def crop_features(mask: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
-    """The crop columns (:data:`CROP_COLUMNS`) of one object, ``mask`` its bounding-box crop (bool, 2D or 3D).
-
-    >>> yy, xx = np.mgrid[-3:4, -3:4]
-    >>> crop_features(yy ** 2 + xx ** 2 <= 9, (1.0, 1.0))["solidity"]
-    1.0
-    """
-    mask = np.asarray(mask, bool)
-    if mask.ndim not in CROP_COLUMNS or len(spacing) != mask.ndim:
-        raise ValueError(f"crop_features needs a 2D or 3D mask and a spacing per axis; got shape {mask.shape} "
-                         f"and spacing {tuple(spacing)}")
-    count = int(np.count_nonzero(mask))
-    out = size_features(np.array([count]), np.array([mask.size]), spacing)
-    out = {k: float(v[0]) for k, v in out.items()}
-    out.update(_shape_features(mask, count, spacing))
-    return {k: out[k] for k in CROP_COLUMNS[mask.ndim]}
-
-
-def size_features(voxel_count: np.ndarray, bbox_voxels: np.ndarray, spacing: tuple[float, ...]) -> dict:
-    """``extent`` and ``equivalent_diameter_area`` of objects from their voxel counts and box sizes."""
-    ndim = len(spacing)
-    area = np.asarray(voxel_count, np.float64) * math.prod(spacing)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        extent = np.asarray(voxel_count, np.float64) / np.asarray(bbox_voxels, np.float64)
-    return {"extent": extent, "equivalent_diameter_area": (2 * ndim * area / math.pi) ** (1 / ndim)}
-
-
-def _shape_features(mask: np.ndarray, count: int, spacing: tuple[float, ...]) -> dict[str, float]:
-    """The columns that need the crop: solidity and perimeter/circularity (2D) or surface_area/sphericity (3D)."""
-    if count == 0:
-        return dict.fromkeys(("solidity",) + CROP_COLUMNS[mask.ndim][3:], math.nan)
-    area = count * math.prod(spacing)
-    solidity = count / hull_voxels(mask)
-    if mask.ndim == 2:
-        p = perimeter(mask, spacing)
-        return {"solidity": solidity, "perimeter": p,
-                "circularity": 4 * math.pi * area / p ** 2 if p > 0 else math.nan}
-    s = surface_area(mask, spacing)
-    return {"solidity": solidity, "surface_area": s,
-            "sphericity": math.pi ** (1 / 3) * (6 * area) ** (2 / 3) / s if s > 0 else math.nan}
-
-
-def hull_voxels(mask: np.ndarray) -> int:
-    """Voxels of skimage's ``convex_hull_image(mask)`` (2D: that function; 3D: the same hull, its voxels
-    counted line by line instead of testing every voxel of the box against every facet)."""
-    if mask.ndim == 2:
-        from skimage.morphology import convex_hull_image
-        return int(np.count_nonzero(convex_hull_image(mask)))
-    equations = _hull_equations(mask)
-    n_lines = mask.shape[0] * mask.shape[1]
-    z, y = (c.ravel().astype(np.float64) for c in np.mgrid[0:mask.shape[0], 0:mask.shape[1]])
-    step = max(1, _HULL_CHUNK // len(equations))
-    total = 0
-    for start in range(0, n_lines, step):
-        total += _hull_line_counts(equations, z[start:start + step], y[start:start + step], mask.shape[2])
-    return total
-
-
-def _hull_equations(mask: np.ndarray) -> np.ndarray:
-    """Facet planes (unit normal, offset; ``normal . p + offset <= 0`` inside) of the hull of the voxels of a
-    3D mask widened by their face centres (skimage's ``offset_coordinates``). The hull of the voxel centres
-    comes first from each line's first and last voxel along the last axis (the same hull as all voxels')."""
-    any_ = mask.any(axis=-1)
-    lines = np.nonzero(any_)
-    first = mask.argmax(axis=-1)[lines]
-    last = mask.shape[-1] - 1 - mask[..., ::-1].argmax(axis=-1)[lines]
-    points = np.concatenate([np.column_stack([*lines, first]), np.column_stack([*lines, last])]).astype(np.float64)
-    try:
-        hull = ConvexHull(points)
-        points = hull.points[hull.vertices]
-    except QhullError:  # coplanar centres (one slice, one line): the widened voxels still span a volume
-        pass
-    offsets = np.concatenate([np.eye(3) * -0.5, np.eye(3) * 0.5])
-    widened = np.unique((points[:, None, :] + offsets).reshape(-1, 3), axis=0)
-    return np.unique(ConvexHull(widened).equations, axis=0)  # coplanar triangles share one plane
-
-
-def _hull_line_counts(equations: np.ndarray, z: np.ndarray, y: np.ndarray, nx: int) -> int:
-    """Voxel centres (z, y, 0..nx-1) inside every facet plane (within :data:`HULL_TOLERANCE`), summed over
-    the lines (z, y): each plane bounds x on one side, or keeps or drops the whole line."""
-    bound = HULL_TOLERANCE - (np.outer(equations[:, 0], z) + np.outer(equations[:, 1], y) + equations[:, 3:])
-    cx = equations[:, 2]
-    lo = np.zeros(z.size)
-    hi = np.full(z.size, nx - 1.0)
-    up, down = cx > 0, cx < 0  # cx x < bound: x < bound / cx, or x > bound / cx
-    if up.any():
-        hi = np.minimum(hi, (np.ceil(bound[up] / cx[up, None]) - 1).min(axis=0))
-    if down.any():
-        lo = np.maximum(lo, (np.floor(bound[down] / cx[down, None]) + 1).max(axis=0))
-    flat = ~(up | down)
-    kept = (bound[flat] > 0).all(axis=0) if flat.any() else True
-    return int(np.where(kept, np.maximum(hi - lo + 1, 0), 0).sum())
-
-
-def perimeter(mask: np.ndarray, spacing: tuple[float, float]) -> float:
-    """skimage's ``perimeter(mask, 4)`` with each link at its physical length (see the module's text)."""
-    image = mask.astype(np.uint8)
-    border = image - ndi.binary_erosion(image, ndi.generate_binary_structure(2, 1), border_value=0)
-    p = np.pad(border, 1)
-    vertical = p[:-2, 1:-1] + p[2:, 1:-1]  # border neighbours along axis 0
-    horizontal = p[1:-1, :-2] + p[1:-1, 2:]
-    diagonal = p[:-2, :-2] + p[:-2, 2:] + p[2:, :-2] + p[2:, 2:]
-    on = border.astype(bool)
-    v, h, d = (a[on].astype(np.int64) for a in (vertical, horizontal, diagonal))
-    code = 10 * d + 2 * (v + h) + 1  # skimage's convolution with [[10, 2, 10], [2, 1, 2], [10, 2, 10]]
-    edge_links = v * spacing[0] + h * spacing[1]
-    diagonal_link = math.hypot(*spacing)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        straight = edge_links / (v + h)  # skimage's weight 1: the mean of the edge links
-    weight = np.select([np.isin(code, (5, 7, 15, 17, 25, 27)), np.isin(code, (21, 33)), np.isin(code, (13, 23))],
-                       [straight, diagonal_link, (diagonal_link + edge_links) / 2], 0.0)
-    return float(weight.sum())
-
-
-def surface_area(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Area of the marching-cubes mesh (level 0.5) of the mask zero-padded by one voxel, in physical units."""
-    from skimage.measure import marching_cubes, mesh_surface_area
-    verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5, spacing=tuple(spacing))
-    return float(mesh_surface_area(verts, faces))
-
-
-def region_features(region: np.ndarray, origin: tuple[int, ...], labels: np.ndarray, bbox_min: np.ndarray,
-                    bbox_max: np.ndarray, spacing: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """The crop-only columns of objects ``labels`` (bounding boxes ``bbox_min`` .. ``bbox_max``, global voxel
-    indices, max exclusive) from one region of the label image read once, its first voxel at ``origin``."""
-    names = ("solidity",) + CROP_COLUMNS[region.ndim][3:]
-    out = {k: np.full(len(labels), np.nan) for k in names}
-    offset = np.asarray(origin)
-    for i, (label, lo, hi) in enumerate(zip(labels, bbox_min - offset, bbox_max - offset)):
-        crop = region[tuple(slice(a, b) for a, b in zip(lo, hi))] == label
-        values = _shape_features(crop, int(np.count_nonzero(crop)), spacing)
-        for k in names:
-            out[k][i] = values[k]
-    return out
 
 
 @dataclass(frozen=True)
@@ -236,7 +95,7 @@ def measure_crops(task: CropTask) -> int:
     labels = df["label"].to_numpy()
     box = _box_voxels(bbox_min, bbox_max)
     columns = size_features(df["voxel_count"].to_numpy(), box, task.spacing)
-    names = ("solidity",) + CROP_COLUMNS[ndim][3:]
+    names = SHAPE_COLUMNS[ndim]
     for k in names:
         columns[k] = np.full(len(df), np.nan)
     too_large = box > task.max_voxels
