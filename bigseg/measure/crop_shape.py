@@ -1,9 +1,8 @@
 """Shape features of objects from a label image region: pure functions of arrays (the columns and their
 definitions: :mod:`bigseg.measure.crops`).
 
-The objects of a region are measured together: one pass over the region's voxels finds every object's hull
-points and border pixels (2D) or marching-cubes patterns (3D); only the convex hull itself is per object
-(Qhull on a few points, its voxels counted line by line).
+The objects of a region are measured together, on one strip of their crops: one pass over it finds every
+object's border pixels (2D) or marching-cubes patterns (3D) and hull (:mod:`bigseg.measure.hull`).
 """
 from __future__ import annotations
 
@@ -11,20 +10,11 @@ import functools
 import math
 
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
+
+from bigseg.measure import hull
 
 #: The columns that need the crop, by number of spatial axes.
 SHAPE_COLUMNS = {2: ("solidity", "perimeter", "circularity"), 3: ("solidity", "surface_area", "sphericity")}
-#: Inside test of a voxel centre against a hull facet's plane, as skimage's ``convex_hull_image``.
-HULL_TOLERANCE = 1e-10
-#: A facet normal's last-axis part below this is taken as 0 (the facet bounds whole lines).
-_FLAT = 1e-12
-#: Facet-by-line values computed at once when hull voxels are counted.
-_HULL_CHUNK = 1 << 22
-#: A region's voxels that cost about as much as measuring one object on its own crop.
-_OBJECT_VOXELS = 4096
-#: Voxels of a region handled at once (a slab along the first axis).
-_SLAB_VOXELS = 1 << 23
 #: skimage's perimeter weights by border-pixel code (10 diagonal + 2 edge neighbours in the border + 1).
 _STRAIGHT, _DIAGONAL, _MIXED = (5, 7, 15, 17, 25, 27), (21, 33), (13, 23)
 
@@ -62,169 +52,69 @@ def region_features(region: np.ndarray, origin: tuple[int, ...], labels: np.ndar
                     bbox_max: np.ndarray, spacing: tuple[float, ...]) -> dict[str, np.ndarray]:
     """:data:`SHAPE_COLUMNS` of objects ``labels`` (bounding boxes ``bbox_min`` .. ``bbox_max``: global voxel
     indices, max exclusive, inside the region) from one region of a label image, its first voxel at
-    ``origin``. Other labels count as background; an object absent from the region gets NaN.
+    ``origin``. An object absent from the region gets NaN.
 
-    The objects are measured together, or each on its own crop where their boxes fill little of the region
-    (objects along a block's faces)."""
+    The objects are measured together: each object's crop (its voxels, nothing else) is laid into a strip of
+    crops one voxel apart (:func:`_strips`), and the strip is measured in one pass."""
     labels = np.asarray(labels)
     lo = np.asarray(bbox_min, np.int64).reshape(len(labels), -1) - np.asarray(origin, np.int64)
     hi = np.asarray(bbox_max, np.int64).reshape(len(labels), -1) - np.asarray(origin, np.int64)
-    if region.size <= np.prod(hi - lo, axis=1).sum() + _OBJECT_VOXELS * len(labels):
-        return _measure(region, labels, lo, hi, spacing)
-    out = {k: np.empty(len(labels)) for k in SHAPE_COLUMNS[region.ndim]}
-    for i in range(len(labels)):
-        crop = region[tuple(slice(a, b) for a, b in zip(lo[i], hi[i]))]
-        one = _measure(crop, labels[i:i + 1], np.zeros((1, region.ndim), np.int64), (hi[i] - lo[i])[None], spacing)
+    out = {k: np.full(len(labels), np.nan) for k in SHAPE_COLUMNS[region.ndim]}
+    for rows in _strips(hi - lo):
+        index, first, last = _strip(region, labels[rows], lo[rows], hi[rows])
+        values = _measure(index, first, last, spacing)
         for k in out:
-            out[k][i] = one[k][0]
+            out[k][rows] = values[k]
     return out
 
 
-def _measure(region, labels, lo, hi, spacing) -> dict[str, np.ndarray]:
-    order = np.argsort(labels, kind="stable")
-    index = _object_index(region, labels[order])  # 1 + position in `order`, 0 elsewhere
-    k = len(labels)
+def _strips(box: np.ndarray):
+    """Groups of objects (rows of their box shapes ``box``) whose crops share a strip: by decreasing cross
+    section (the box less its last axis), a new strip where a crop's cross section is under half the strip's,
+    so that a strip is at least half crops."""
+    cross = np.prod(box[:, :-1], axis=1)
+    order = np.argsort(-cross, kind="stable")
+    start, section = 0, None
+    for i, r in enumerate(order):
+        grown = box[r, :-1] if section is None else np.maximum(section, box[r, :-1])
+        if section is not None and 2 * cross[r] < math.prod(grown):
+            yield order[start:i]
+            start, grown = i, box[r, :-1]
+        section = grown
+    if order.size:
+        yield order[start:]
+
+
+def _strip(region, labels, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The objects' crops side by side along the last axis, one background voxel apart: object j (in the
+    given order) as j + 1; and each crop's first and last (exclusive) voxel in the strip."""
+    box = hi - lo
+    start = np.r_[0, np.cumsum(box[:, -1] + 1)[:-1]]
+    index = np.zeros((*box[:, :-1].max(axis=0), int(start[-1] + box[-1, -1])), np.min_scalar_type(len(labels)))
+    first = np.zeros_like(lo)
+    first[:, -1] = start
+    last = first + box
+    for j, label in enumerate(labels):
+        crop = region[tuple(slice(a, b) for a, b in zip(lo[j], hi[j]))]
+        index[tuple(slice(a, b) for a, b in zip(first[j], last[j]))][crop == label] = j + 1
+    return index, first, last
+
+
+def _measure(index, first, last, spacing) -> dict[str, np.ndarray]:
+    """The columns of objects 1..k of ``index`` (0: background), their boxes ``first`` .. ``last``."""
+    k = len(first)
     count = np.bincount(index.ravel(), minlength=k + 1)[1:].astype(np.float64)
-    points, owner = hull_points(index)
-    starts = np.r_[0, np.cumsum(np.bincount(owner, minlength=k + 1)[1:])]
-    points = points[np.argsort(owner, kind="stable")]
-    hull = np.zeros(k)
-    for j in np.flatnonzero(count):
-        first = lo[order[j]]
-        hull[j] = hull_count(points[starts[j]:starts[j + 1]] - first, tuple(hi[order[j]] - first))
     size = count * math.prod(spacing)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if region.ndim == 2:
+        if index.ndim == 2:
             p = perimeters(index, k, spacing)
-            columns = {"solidity": count / hull, "perimeter": p,
+            columns = {"solidity": count / hull.hull_pixels(index, k), "perimeter": p,
                        "circularity": np.where(p > 0, 4 * math.pi * size / p ** 2, np.nan)}
         else:
             a = surface_areas(index, k, spacing)
-            columns = {"solidity": count / hull, "surface_area": a,
+            columns = {"solidity": count / hull.hull_voxels_3d(index, first, last), "surface_area": a,
                        "sphericity": math.pi ** (1 / 3) * (6 * size) ** (2 / 3) / a}
-    out = {}
-    for name, values in columns.items():
-        out[name] = np.empty(k)
-        out[name][order] = np.where(count > 0, values, np.nan)
-    return out
-
-
-def _object_index(region: np.ndarray, sorted_labels: np.ndarray) -> np.ndarray:
-    """Each voxel's object, 1 + the position of its label in ``sorted_labels``, or 0."""
-    k = len(sorted_labels)
-    dtype = np.min_scalar_type(k)
-    lo, hi = int(sorted_labels[0]), int(sorted_labels[-1])
-    if hi - lo < max(region.size, 1 << 16):  # a lookup table over the labels' range
-        table = np.zeros(hi - lo + 2, dtype)
-        table[sorted_labels.astype(np.int64) - lo] = np.arange(1, k + 1)
-        offset = region.astype(np.int64) - lo
-        offset[(offset < 0) | (offset > hi - lo)] = hi - lo + 1
-        return table[offset]
-    position = np.searchsorted(sorted_labels, region)
-    found = sorted_labels[np.minimum(position, k - 1)] == region
-    return np.where(found, position + 1, 0).astype(dtype)
-
-
-def _slabs(index: np.ndarray):
-    """(first index along axis 0, core, core zero-padded by one voxel, the padded slab's strides in voxels)
-    of slabs of ``index`` along its first axis; the padding holds the neighbouring planes where there are any."""
-    step = max(1, _SLAB_VOXELS // max(1, math.prod(index.shape[1:])))
-    for z0 in range(0, index.shape[0], step):
-        z1 = min(z0 + step, index.shape[0])
-        padded = np.zeros((z1 - z0 + 2, *(s + 2 for s in index.shape[1:])), index.dtype)
-        below, above = max(z0 - 1, 0), min(z1 + 1, index.shape[0])
-        padded[(slice(below - z0 + 1, above - z0 + 1),) + (slice(1, -1),) * (index.ndim - 1)] = index[below:above]
-        strides = np.array([math.prod(padded.shape[d + 1:]) for d in range(index.ndim)])
-        yield z0, padded[(slice(1, -1),) * index.ndim], padded, strides
-
-
-def _neighbour(padded: np.ndarray, d: int, step: int) -> np.ndarray:
-    """The padded array's core shifted by ``step`` (-1 or 1) along axis ``d``: each voxel's neighbour."""
-    return padded[tuple(slice(1 + step, s - 1 + step) if a == d else slice(1, s - 1)
-                        for a, s in enumerate(padded.shape))]
-
-
-def hull_points(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points (region coordinates) whose hull is, for each object of ``index`` (0: background), skimage's
-    hull of its voxel centres widened by their face centres (``convex_hull_image(offset_coordinates=True)``),
-    and each point's object.
-
-    Only corners of the widened hull are needed: sums of a corner c of the centres' hull and a face centre
-    o = e/2 (e = +-e_d) whose directions of support meet, some n with n.e > |n.e'| for the other axes e'
-    for which c is the object's unique maximiser of n. So c is no voxel between two of its object's along an
-    axis, and o is dropped where c + e or any c + e +- e' is the object's (there n.(e +- e') > 0)."""
-    points, owner = [], []
-    for z0, core, padded, strides in _slabs(index):
-        corner = core > 0
-        for d in range(index.ndim):
-            corner &= (_neighbour(padded, d, -1) != core) | (_neighbour(padded, d, 1) != core)
-        where = np.nonzero(corner)
-        coords = np.column_stack(where).astype(np.float64)
-        coords[:, 0] += z0
-        objects = core[where]
-        at = (np.column_stack(where) + 1) @ strides  # the corners in the flat padded slab
-        flat = padded.ravel()
-        for d in range(index.ndim):
-            for sign in (-1, 1):
-                ahead = at + sign * strides[d]
-                taken = flat[ahead] != objects
-                for other in (o for o in range(index.ndim) if o != d):
-                    for turn in (-1, 1):
-                        taken &= flat[ahead + turn * strides[other]] != objects
-                p = coords[taken]
-                p[:, d] += 0.5 * sign
-                points.append(p)
-                owner.append(objects[taken])
-    return np.concatenate(points), np.concatenate(owner).astype(np.int64)
-
-
-def hull_count(points: np.ndarray, box: tuple[int, ...]) -> int:
-    """Voxel centres of the box (0 .. box - 1 per axis) inside the hull of ``points`` (within
-    :data:`HULL_TOLERANCE`), as skimage's ``convex_hull_image`` counts them."""
-    try:  # half-integer points: Qhull's orientation tests are exact and its facets need no merging
-        equations = ConvexHull(points, qhull_options="Q0 Qt").equations
-    except QhullError:
-        equations = ConvexHull(points).equations
-    lines = _lines(tuple(box[:-1]))
-    step = max(1, _HULL_CHUNK // len(equations))
-    return sum(_line_counts(equations, lines[:, i:i + step], box[-1]) for i in range(0, lines.shape[1], step))
-
-
-@functools.lru_cache(maxsize=4096)
-def _lines(shape: tuple[int, ...]) -> np.ndarray:
-    """(coordinates..., 1) of every line of a box along its last axis (``shape``: the other axes), shape
-    (len(shape) + 1, lines); read-only."""
-    out = np.ones((len(shape) + 1, math.prod(shape)))
-    out[:-1] = np.indices(shape).reshape(len(shape), -1)
-    out.flags.writeable = False
-    return out
-
-
-def _line_counts(equations: np.ndarray, lines: np.ndarray, n: int) -> int:
-    """Voxel centres (line, 0..n-1) inside every plane, summed over the lines: a plane with a last-axis part c
-    bounds the last coordinate x on one side (``w . line + c x + d < tol``: ``x < (tol - w . line - d) / c``
-    for c > 0, ``>`` for c < 0); any other keeps or drops the whole line."""
-    c = equations[:, -2]
-    up, down = np.flatnonzero(c > _FLAT), np.flatnonzero(c < -_FLAT)
-    offset = np.delete(equations, -2, axis=1)
-    offset[:, -1] -= HULL_TOLERANCE  # inside: offset . (line, 1) + c x < 0
-    sided = np.concatenate([up, down])
-    bound = (offset[sided] / -c[sided, None]) @ lines  # x < bound (up), x > bound (down)
-    hi = np.minimum(np.ceil(bound[:up.size].min(axis=0, initial=np.inf)) - 1, n - 1)
-    lo = np.maximum(np.floor(bound[up.size:].max(axis=0, initial=-np.inf)) + 1, 0)
-    count = np.maximum(hi - lo + 1, 0)
-    if sided.size < c.size:
-        flat = np.ones(c.size, bool)
-        flat[sided] = False
-        count[((offset[flat] @ lines) >= 0).any(axis=0)] = 0
-    return int(count.sum())
-
-
-def hull_voxels(mask: np.ndarray) -> int:
-    """Voxels of skimage's ``convex_hull_image(mask)``: the same hull from :func:`hull_points`, its voxels
-    counted line by line (not every voxel of the box against every facet)."""
-    points, _ = hull_points(np.asarray(mask, bool).view(np.uint8))
-    return hull_count(points, mask.shape)
+    return {name: np.where(count > 0, values, np.nan) for name, values in columns.items()}
 
 
 def perimeters(index: np.ndarray, k: int, spacing: tuple[float, float]) -> np.ndarray:
@@ -277,7 +167,7 @@ def surface_areas(index: np.ndarray, k: int, spacing: tuple[float, float, float]
     table = _cube_areas(tuple(map(float, spacing)))
     total = np.zeros(k + 1)
     corner_offsets = np.array(list(np.ndindex(2, 2, 2)))
-    for z0, core, padded, strides in _slabs(index):
+    for z0, core, padded, strides in hull.slabs(index):
         n = (core.shape[0] + (z0 + core.shape[0] == index.shape[0]), padded.shape[1] - 1, padded.shape[2] - 1)
         corners = [padded[dz:dz + n[0], dy:dy + n[1], dx:dx + n[2]] for dz, dy, dx in corner_offsets]
         if k == 1:  # one object: its pattern from the corners' bits

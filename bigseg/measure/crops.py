@@ -3,10 +3,11 @@
 Columns (scikit-image's names and definitions, ``skimage.measure.regionprops`` 0.26, with ``spacing`` = the
 image's scale; A = area or volume = voxel count x voxel size):
 
-- ``solidity``: voxel count / voxels of the convex hull image (skimage's ``area / area_convex``; the hull
-  is taken in voxel indices, each voxel widened by its face centres, and holds the voxels whose centres lie in
-  it, so spacing cancels). skimage fails on a 3D object whose voxel centres are coplanar (one slice thick) and
-  returns an empty hull (solidity inf): here the hull of the widened voxels is taken directly (solidity <= 1).
+- ``solidity``: voxel count / voxels of the convex hull image (skimage's ``area / area_convex``, with its
+  ``convex_hull_image``: the hull of the voxel centres, each widened by its face centres, in voxel indices,
+  and the voxels whose centres lie in or on it; spacing cancels). skimage fails on a 3D object whose voxel
+  centres are coplanar (one slice thick: its first hull, of the centres alone, is flat) and gives solidity
+  inf: here the widened voxels' hull is taken directly, the object's 2D solidity (<= 1).
 - ``extent``: voxel count / voxels of the bounding box.
 - ``equivalent_diameter_area``: (2 ndim A / pi) ** (1 / ndim), the diameter of a disc / ball of the same size.
 - 2D ``perimeter``: skimage's 4-neighbourhood estimator (``skimage.measure.perimeter(crop, 4)`` times the pixel
@@ -15,22 +16,26 @@ image's scale; A = area or volume = voxel count x voxel size):
   an edge link along axis d is ``spacing[d]`` long, a diagonal one ``hypot(*spacing)``; with isotropic pixels
   that is skimage's value.
 - 2D ``circularity``: 4 pi A / perimeter ** 2 (NaN where the perimeter is 0: one or two pixels).
-- 3D ``surface_area``: the area of the marching-cubes mesh (skimage ``marching_cubes``, Lewiner, level 0.5,
-  ``spacing``) of the object's crop zero-padded by one voxel on every side, so that the mesh is closed.
-- 3D ``sphericity``: pi ** (1/3) (6 A) ** (2/3) / surface_area, 1 for a ball.
+- 3D ``surface_area``: the area (``mesh_surface_area``) of the marching-cubes mesh (skimage ``marching_cubes``,
+  Lewiner, level 0.5, ``spacing``) of the object's mask (1 inside, 0 elsewhere) over its crop zero-padded by
+  one voxel on every side, so that the mesh is closed.
+- 3D ``sphericity``: pi ** (1/3) (6 A) ** (2/3) / surface_area (1 for a true ball; a voxelised ball of radius
+  10 reads 0.91, as its mesh is ~9% larger than the sphere's; objects of a few voxels can exceed 1).
 
-The pass (:func:`crop_steps` on the client, :func:`measure_crops` on the workers) reads each object once: its row
-is in exactly one part, and the task of that part reads it (the table's owner of an object). A task reads the
-label image level 0 once per group of its objects whose bounding boxes start in one block (the union of their
-boxes), and rewrites its part with the new columns, whole, then renamed into place; a part that has them is
-left as it is. An object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read:
-its crop columns are NaN (``extent`` and ``equivalent_diameter_area`` come from its row and are always set), and
-the task returns how many such objects its part has.
+scikit-image has no surface_area, sphericity or circularity; bigseg defines them as above.
+
+The pass (:func:`crop_steps` on the client, :func:`measure_crops` on the workers) reads each object once: an
+object's row is in exactly one part, and that part's task reads it (the part owns the object; the client lists
+part names only, no rows). A task reads the label image (level 0) once per group of its objects whose bounding
+boxes start in one block, as the union of their boxes (one read for a block's interior objects), and rewrites
+its part with the new columns, whole, then renamed into place; a rerun leaves a finished part as it is. An
+object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read: its crop columns
+are NaN (``extent`` and ``equivalent_diameter_area`` come from its row and are always set), and the task
+returns how many such objects its part has (:func:`too_large_message`).
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +44,8 @@ from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
 
-__all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops"]
+__all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops",
+           "too_large_message"]
 
 #: The columns this pass adds, by number of spatial axes.
 CROP_COLUMNS = {2: ("solidity", "extent", "equivalent_diameter_area", "perimeter", "circularity"),
@@ -83,36 +89,41 @@ def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: in
 
 
 def measure_crops(task: CropTask) -> int:
-    """Add the crop columns to ``task``'s part (unless it has them); returns how many of its objects have a
-    bounding box over ``task.max_voxels`` voxels (no crop features)."""
+    """Add the crop columns to ``task``'s part; returns how many of its objects have a bounding box over
+    ``task.max_voxels`` voxels (no crop features). A part that has the columns is left as it is, unless it has
+    objects without them that the bound now admits (it was raised)."""
     ndim = len(task.shape)
     mins, maxs = [f"bbox_min_{a}" for a in AXES[ndim]], [f"bbox_max_{a}" for a in AXES[ndim]]
     if set(CROP_COLUMNS[ndim]) <= set(table_io.part_columns(task.part_url)):
-        boxes = table_io.read_part(task.part_url, mins + maxs)
-        return int((_box_voxels(boxes[mins].to_numpy(), boxes[maxs].to_numpy()) > task.max_voxels).sum())
+        done = table_io.read_part(task.part_url, mins + maxs + ["solidity"])
+        box = _box_voxels(done[mins].to_numpy(), done[maxs].to_numpy())
+        if not (done["solidity"].isna().to_numpy() & (box <= task.max_voxels)).any():
+            return int((box > task.max_voxels).sum())
     df = table_io.read_part(task.part_url)
     bbox_min, bbox_max = df[mins].to_numpy(np.int64), df[maxs].to_numpy(np.int64)
     labels = df["label"].to_numpy()
     box = _box_voxels(bbox_min, bbox_max)
     columns = size_features(df["voxel_count"].to_numpy(), box, task.spacing)
-    names = SHAPE_COLUMNS[ndim]
-    for k in names:
-        columns[k] = np.full(len(df), np.nan)
+    columns.update({k: np.full(len(df), np.nan) for k in SHAPE_COLUMNS[ndim]})
     too_large = box > task.max_voxels
     from bigseg.io.ome import open_array
     array = open_array(task.labels_url, task.level_path, task.zarr_format)
     for rows, lo, hi in crop_reads(bbox_min, bbox_max, np.flatnonzero(~too_large), task.shape, task.block_shape,
-                               task.max_voxels):
+                                   task.max_voxels):
         region = np.asarray(array[tuple(slice(a, b) for a, b in zip(lo, hi))])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
-        for k in names:
-            columns[k][rows] = values[k]
+        values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
+        for k, v in values.items():
+            columns[k][rows] = v
     for k in CROP_COLUMNS[ndim]:
         df[k] = columns[k]
     table_io.write_part(df, task.part_url)
     return int(too_large.sum())
+
+
+def too_large_message(n: int, max_voxels: int) -> str:
+    """The warning for ``n`` objects the pass did not read (the sum of :func:`measure_crops`' results)."""
+    return (f"{n} object(s) with a bounding box of more than {max_voxels} voxels have no solidity or other crop "
+            "features (NaN); raise bigseg.measure.crop-voxels to measure them")
 
 
 def _box_voxels(bbox_min: np.ndarray, bbox_max: np.ndarray) -> np.ndarray:
@@ -120,7 +131,7 @@ def _box_voxels(bbox_min: np.ndarray, bbox_max: np.ndarray) -> np.ndarray:
 
 
 def crop_reads(bbox_min: np.ndarray, bbox_max: np.ndarray, rows: np.ndarray, shape: tuple[int, ...],
-           block_shape: tuple[int, ...], max_voxels: int):
+               block_shape: tuple[int, ...], max_voxels: int):
     """(rows, region start, region stop) of each read: the objects whose boxes start in one block, read as the
     union of their boxes, or one by one where that union holds more than ``max_voxels`` voxels."""
     if not rows.size:
