@@ -33,9 +33,9 @@ def crop_features(mask: np.ndarray, spacing: tuple[float, ...]) -> dict[str, flo
     """Solidity, extent, equivalent_diameter_area and perimeter/circularity (2D) or surface_area/sphericity
     (3D) of one object, ``mask`` its bounding-box crop (bool).
 
-    >>> yy, xx = np.mgrid[-3:4, -3:4]
-    >>> crop_features(yy ** 2 + xx ** 2 <= 9, (1.0, 1.0))["solidity"]
-    1.0
+    >>> features = crop_features(np.ones((3, 4), bool), (1.0, 0.5))
+    >>> features["solidity"], features["extent"], features["perimeter"]
+    (1.0, 1.0, 7.0)
     """
     mask = np.asarray(mask, bool)
     if mask.ndim not in SHAPE_COLUMNS or len(spacing) != mask.ndim:

@@ -42,6 +42,7 @@ import numpy as np
 
 from bigseg.io import store
 from bigseg.io import table as table_io
+from bigseg.io.ome import open_array
 from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
 
 __all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops",
@@ -106,7 +107,6 @@ def measure_crops(task: CropTask) -> int:
     columns = size_features(df["voxel_count"].to_numpy(), box, task.spacing)
     columns.update({k: np.full(len(df), np.nan) for k in SHAPE_COLUMNS[ndim]})
     too_large = box > task.max_voxels
-    from bigseg.io.ome import open_array
     array = open_array(task.labels_url, task.level_path, task.zarr_format)
     for rows, lo, hi in crop_reads(bbox_min, bbox_max, np.flatnonzero(~too_large), task.shape, task.block_shape,
                                    task.max_voxels):
