@@ -200,9 +200,10 @@ def run(lplan: LabelsPlan, client) -> MeasureResult:
             merges.append(MergeTask(int(lo), int(hi), tuple(tasks[j].out_url for j in np.flatnonzero(holds)),
                                     table_io.part_url(parts_url, i), args))
         objects = sum(stages.run("measure", merge_range, merges))
-        run_passes(stages, lplan.measure, TableAt(parts_url, lplan.work_url, lplan.labels_url, lplan.level_path,
-                                                  view.image.url, lplan.name, view.ndim,
-                                                  float(np.prod(view.scale))))
+        at = TableAt(parts_url, lplan.work_url, lplan.labels_url, lplan.level_path, lplan.zarr_format,
+                     view.image.url, lplan.name, tuple(view.shape), tuple(view.scale), tuple(lplan.grid.block_shape))
+        for warning in run_passes(stages, lplan.measure, at):
+            log.warning("%s", warning)
         table_io.replace(parts_url, lplan.table_url)
         store.remove(lplan.work_url)
     stages.seconds["total"] = time.perf_counter() - t0

@@ -348,8 +348,10 @@ def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
     """The passes over the finished table parts that the measure settings ask for (neighbourhoods, the parent's
     children), step by step on the workers."""
     view, target = plan.view, plan.target
-    run_passes(stages, plan.measure, TableAt(files.table_parts, files.work_url, target.url, target.level_path(0),
-                                             view.image.url, target.name, view.ndim, float(np.prod(view.scale))))
+    at = TableAt(files.table_parts, files.work_url, target.url, target.level_path(0), target.zarr_format,
+                 view.image.url, target.name, tuple(view.shape), tuple(view.scale), tuple(plan.grid.block_shape))
+    for warning in run_passes(stages, plan.measure, at):
+        _say(stages, ev.Warning(warning))
 
 
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:

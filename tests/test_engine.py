@@ -114,7 +114,7 @@ def test_a_pickle_in_the_record_folder_is_never_unpickled(tmp_path, caplog):
         (folder / f"{i}.npz").write_bytes(buf.getvalue())
     (folder / "6.json").write_text(json.dumps({"__dataclass__": "subprocess.Popen",
                                                "fields": {"args": ["touch", str(marker)]}}))
-    (folder / "8.json.partial").write_text("1")  # a record being written
+    (folder / ".8.json.partial").write_text("1")  # a record being written
     run_and_record(lambda t: t * 3, 5, journal.record_stem("segment", 5))
     run_and_record(lambda t: _summary(t), 7, journal.record_stem("segment", 7))
     with caplog.at_level(logging.WARNING, logger="bigseg"):

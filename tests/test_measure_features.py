@@ -44,8 +44,9 @@ def test_shape_and_colocalization_columns_equal_whole_image_references(client, t
     table = pd.read_parquet(res.table).sort_values("label", ignore_index=True)
     assert len(table) == res.objects > 30 and (table["blocks_spanned"] > 1).sum() > 5
     spacing = tuple(scale[a] for a in "zyx"[-ndim:])
-    names = ["axis_major_length", "axis_minor_length", "inertia_tensor_eigvals"]
-    names += ["eccentricity", "orientation"] if ndim == 2 else []
+    names = ["axis_major_length", "axis_minor_length", "inertia_tensor_eigvals", "solidity", "extent",
+             "equivalent_diameter_area"]
+    names += ["eccentricity", "orientation", "perimeter"] if ndim == 2 else []  # solidity on: the crop pass
     ref = pd.DataFrame(regionprops_table(labels, spacing=spacing, properties=["label"] + names))
     ref = ref.sort_values("label", ignore_index=True)
     assert table["label"].tolist() == ref["label"].tolist()

@@ -148,13 +148,15 @@ def load_bytes(url: str) -> bytes:
 
 
 def save_bytes(url: str, data: bytes) -> None:
-    """Write a file whole: one put on an object store (atomic there), else written aside and renamed."""
+    """Write a file whole: one put on an object store (atomic there), else written aside and renamed (aside: a
+    hidden name, which readers of a folder of parts such as pyarrow's datasets skip)."""
     fs, path = filesystem(url)
     if is_object_store(fs):
         fs.pipe_file(path, data)
         return
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = path + ".partial"
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f".{name}.partial")
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)

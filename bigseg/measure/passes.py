@@ -1,15 +1,17 @@
 """The passes over a finished table's parts that a job's measure settings ask for, run step by step on the
-workers with the job's :class:`~bigseg.engine.runner.StageRunner`: neighbourhoods (centroid neighbours and
-touching objects) and the parent's side of parent-child counts. The segment job and the measure job run the same
+workers with the job's :class:`~bigseg.engine.runner.StageRunner`: shape features from object crops,
+neighbourhoods (centroid neighbours and touching objects) and the parent's side of parent-child counts. The segment job and the measure job run the same
 passes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.lock import JobLock
-from bigseg.measure import children
+from bigseg.measure import children, crops
 from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
 from bigseg.measure.settings import MeasurePlan
 
@@ -22,13 +24,35 @@ class TableAt:
     work_url: str
     labels_url: str
     level_path: str
+    zarr_format: int
     image_url: str
     name: str
-    ndim: int
-    voxel_size: float  # physical size of a voxel
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]  # the level's scale
+    block_shape: tuple[int, ...]  # the blocks the objects' boxes are read by (the job's)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def voxel_size(self) -> float:
+        """The physical size of a voxel."""
+        return float(np.prod(self.spacing))
 
 
-def run_passes(stages, measure: MeasurePlan, at: TableAt) -> None:
+def run_passes(stages, measure: MeasurePlan, at: TableAt) -> list[str]:
+    """Run the passes; returns warnings for the user (objects too large for the crop pass)."""
+    warnings = []
+    if measure.crops:
+        bound = crops.crop_voxels()
+        with stages.local("crops"):
+            steps = crops.crop_steps(at.parts_url, at.labels_url, at.level_path, at.zarr_format, at.shape,
+                                     at.block_shape, at.spacing, bound)
+        too_large = sum(sum(r or 0 for r in stages.run("crops", crops.measure_crops, tasks, step=f"crops-{i}"))
+                        for i, tasks in enumerate(steps))
+        if too_large:
+            warnings.append(crops.too_large_message(too_large, bound))
     if measure.neighbour_radius is not None:
         with stages.local("neighbours"):
             steps = neighbourhood_steps(at.parts_url, at.work_url, measure.neighbour_radius, at.labels_url,
@@ -37,6 +61,7 @@ def run_passes(stages, measure: MeasurePlan, at: TableAt) -> None:
             stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
     if measure.parent is not None:
         _children(stages, measure.parent, at)
+    return warnings
 
 
 def _children(stages, parent: str, at: TableAt) -> None:

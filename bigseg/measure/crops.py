@@ -1,0 +1,151 @@
+"""Shape features from object crops: a second, optional pass over the measurements table's parts.
+
+Columns (scikit-image's names and definitions, ``skimage.measure.regionprops`` 0.26, with ``spacing`` = the
+image's scale; A = area or volume = voxel count x voxel size):
+
+- ``solidity``: voxel count / voxels of the convex hull image (skimage's ``area / area_convex``, with its
+  ``convex_hull_image``: the hull of the voxel centres, each widened by its face centres, in voxel indices,
+  and the voxels whose centres lie in or on it; spacing cancels). skimage fails on a 3D object whose voxel
+  centres are coplanar (one slice thick: its first hull, of the centres alone, is flat) and gives solidity
+  inf: here the widened voxels' hull is taken directly, the object's 2D solidity (<= 1).
+- ``extent``: voxel count / voxels of the bounding box.
+- ``equivalent_diameter_area``: (2 ndim A / pi) ** (1 / ndim), the diameter of a disc / ball of the same size.
+- 2D ``perimeter``: skimage's 4-neighbourhood estimator (``skimage.measure.perimeter(crop, 4)`` times the pixel
+  size). skimage has it for isotropic pixels only; here each border pixel's weight (half its links: 1 for
+  straight, sqrt(2) for diagonal, (1 + sqrt(2)) / 2 for one of each) is taken with its links' physical lengths:
+  an edge link along axis d is ``spacing[d]`` long, a diagonal one ``hypot(*spacing)``; with isotropic pixels
+  that is skimage's value.
+- 2D ``circularity``: 4 pi A / perimeter ** 2 (NaN where the perimeter is 0: one or two pixels).
+- 3D ``surface_area``: the area (``mesh_surface_area``) of the marching-cubes mesh (skimage ``marching_cubes``,
+  Lewiner, level 0.5, ``spacing``) of the object's mask (1 inside, 0 elsewhere) over its crop zero-padded by
+  one voxel on every side, so that the mesh is closed.
+- 3D ``sphericity``: pi ** (1/3) (6 A) ** (2/3) / surface_area (1 for a true ball; a voxelised ball of radius
+  10 reads 0.91, as its mesh is ~9% larger than the sphere's; objects of a few voxels can exceed 1).
+
+scikit-image has no surface_area, sphericity or circularity; bigseg defines them as above.
+
+The pass (:func:`crop_steps` on the client, :func:`measure_crops` on the workers) reads each object once: an
+object's row is in exactly one part, and that part's task reads it (the part owns the object; the client lists
+part names only, no rows). A task reads the label image (level 0) once per group of its objects whose bounding
+boxes start in one block, as the union of their boxes (one read for a block's interior objects), and rewrites
+its part with the new columns, whole, then renamed into place; a rerun leaves a finished part as it is. An
+object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read: its crop columns
+are NaN (``extent`` and ``equivalent_diameter_area`` come from its row and are always set), and the task
+returns how many such objects its part has (:func:`too_large_message`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigseg.io import store
+from bigseg.io import table as table_io
+from bigseg.io.ome import open_array
+from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
+
+__all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops",
+           "too_large_message"]
+
+#: The columns this pass adds, by number of spatial axes.
+CROP_COLUMNS = {2: ("solidity", "extent", "equivalent_diameter_area", "perimeter", "circularity"),
+                3: ("solidity", "extent", "equivalent_diameter_area", "surface_area", "sphericity")}
+AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+
+
+def crop_voxels() -> int:
+    """Voxels of the largest bounding box whose object is read for its crop features
+    (``bigseg.measure.crop-voxels``)."""
+    import dask.config
+    return int(dask.config.get("bigseg.measure.crop-voxels", default=2**27))
+
+
+@dataclass(frozen=True)
+class CropTask:
+    """Add the crop columns to one table part, reading the objects from a label image's level."""
+
+    part_url: str
+    labels_url: str
+    level_path: str
+    zarr_format: int
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    max_voxels: int
+
+
+def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: int, shape: tuple[int, ...],
+               block_shape: tuple[int, ...], spacing: tuple[float, ...],
+               max_voxels: int | None = None) -> list[list[CropTask]]:
+    """The pass's tasks, one per part of the table folder ``parts_url`` (from its file names only), in one step.
+    ``max_voxels``: :func:`crop_voxels` when not given."""
+    if not len(shape) == len(block_shape) == len(spacing) or len(shape) not in CROP_COLUMNS:
+        raise ValueError(f"crop_steps needs 2 or 3 axes alike in shape {tuple(shape)}, block_shape "
+                         f"{tuple(block_shape)} and spacing {tuple(spacing)}")
+    bound = crop_voxels() if max_voxels is None else int(max_voxels)
+    names = sorted(n for n in store.children(parts_url) if n.endswith(".parquet"))
+    return [[CropTask(store.join(parts_url, n), labels_url, level_path, zarr_format, tuple(map(int, shape)),
+                      tuple(map(int, block_shape)), tuple(map(float, spacing)), bound) for n in names]]
+
+
+def measure_crops(task: CropTask) -> int:
+    """Add the crop columns to ``task``'s part; returns how many of its objects have a bounding box over
+    ``task.max_voxels`` voxels (no crop features). A part that has the columns is left as it is, unless it has
+    objects without them that the bound now admits (it was raised)."""
+    ndim = len(task.shape)
+    mins, maxs = [f"bbox_min_{a}" for a in AXES[ndim]], [f"bbox_max_{a}" for a in AXES[ndim]]
+    if set(CROP_COLUMNS[ndim]) <= set(table_io.part_columns(task.part_url)):
+        done = table_io.read_part(task.part_url, mins + maxs + ["solidity"])
+        box = _box_voxels(done[mins].to_numpy(), done[maxs].to_numpy())
+        if not (done["solidity"].isna().to_numpy() & (box <= task.max_voxels)).any():
+            return int((box > task.max_voxels).sum())
+    df = table_io.read_part(task.part_url)
+    bbox_min, bbox_max = df[mins].to_numpy(np.int64), df[maxs].to_numpy(np.int64)
+    labels = df["label"].to_numpy()
+    box = _box_voxels(bbox_min, bbox_max)
+    columns = size_features(df["voxel_count"].to_numpy(), box, task.spacing)
+    columns.update({k: np.full(len(df), np.nan) for k in SHAPE_COLUMNS[ndim]})
+    too_large = box > task.max_voxels
+    array = open_array(task.labels_url, task.level_path, task.zarr_format)
+    for rows, lo, hi in crop_reads(bbox_min, bbox_max, np.flatnonzero(~too_large), task.shape, task.block_shape,
+                                   task.max_voxels):
+        region = np.asarray(array[tuple(slice(a, b) for a, b in zip(lo, hi))])
+        values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
+        for k, v in values.items():
+            columns[k][rows] = v
+    for k in CROP_COLUMNS[ndim]:
+        df[k] = columns[k]
+    table_io.write_part(df, task.part_url)
+    return int(too_large.sum())
+
+
+def too_large_message(n: int, max_voxels: int) -> str:
+    """The warning for ``n`` objects the pass did not read (the sum of :func:`measure_crops`' results)."""
+    return (f"{n} object(s) with a bounding box of more than {max_voxels} voxels have no solidity or other crop "
+            "features (NaN); raise bigseg.measure.crop-voxels to measure them")
+
+
+def _box_voxels(bbox_min: np.ndarray, bbox_max: np.ndarray) -> np.ndarray:
+    return np.prod(np.asarray(bbox_max, np.int64) - np.asarray(bbox_min, np.int64), axis=1)
+
+
+def crop_reads(bbox_min: np.ndarray, bbox_max: np.ndarray, rows: np.ndarray, shape: tuple[int, ...],
+               block_shape: tuple[int, ...], max_voxels: int):
+    """(rows, region start, region stop) of each read: the objects whose boxes start in one block, read as the
+    union of their boxes, or one by one where that union holds more than ``max_voxels`` voxels."""
+    if not rows.size:
+        return
+    grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
+    block = np.ravel_multi_index(tuple((bbox_min[rows] // np.asarray(block_shape)).T), grid)
+    order = np.argsort(block, kind="stable")
+    rows, block = rows[order], block[order]
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True])
+    for s, e in zip(starts[:-1], starts[1:]):
+        group = rows[s:e]
+        lo, hi = bbox_min[group].min(axis=0), bbox_max[group].max(axis=0)
+        if math.prod(hi - lo) <= max_voxels:
+            yield group, lo, hi
+        else:
+            for r in group:
+                yield np.array([r]), bbox_min[r], bbox_max[r]
