@@ -39,6 +39,7 @@ from bigseg.relabel import BlockIds, RelabelTask, relabel_group
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch import resolve, resolve_classes
 from bigseg.stitch_rules import Output
+from bigseg.timelapse import selected_timepoints, track
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class SegmentResult:
     blocks_skipped: list = field(default_factory=list)
     #: blocks never read: no foreground in the low-resolution mask (dilated by the halo)
     blocks_background: int = 0
+    #: a time-lapse job: the timepoints segmented (None: one timepoint), and the tracks table (None: no tracking)
+    timepoints: tuple[int, ...] | None = None
+    tracks: str | None = None
 
     @property
     def voxels_per_second(self) -> float:
@@ -75,7 +79,8 @@ class SegmentResult:
                 "threshold": self.threshold, "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
                 "voxels_per_second": round(self.voxels_per_second, 1), "resumed": self.resumed,
-                "blocks_skipped": self.blocks_skipped}
+                "blocks_skipped": self.blocks_skipped,
+                "timepoints": None if self.timepoints is None else len(self.timepoints), "tracks": self.tracks}
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,17 @@ class Plan:
     foreground: ForegroundMask | None = None
     #: what the table measures beyond the basic statistics
     measure: MeasurePlan = MeasurePlan()
+    #: a time-lapse job's timepoints (None: one timepoint); its grid has the image's t axis as a batch axis
+    frames: tuple[int, ...] | None = None
 
     @property
     def active(self) -> np.ndarray | None:
         """True for each block (by id) with foreground, segmented at full resolution; the others are background,
-        never read (None: every block is active)."""
+        never read (None: every block is active). In a time-lapse job, the blocks of the selected timepoints."""
+        if self.frames is not None:
+            selected = np.zeros(self.grid.shape[0], bool)
+            selected[list(self.frames)] = True
+            return np.repeat(selected, len(self.grid) // self.grid.shape[0])
         return None if self.foreground is None else self.foreground.active
 
     def active_blocks(self) -> list:
@@ -130,10 +141,13 @@ class Plan:
     def identity(self) -> dict:
         """What must be the same for a job to resume another: the spec (less its run options) and what was
         derived from it (block plan, minimum size, job-wide values such as the threshold)."""
-        return {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
-                "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
-                "foreground": None if self.foreground is None else self.foreground.identity(),
-                "measure": self.measure.describe()}
+        identity = {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
+                    "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
+                    "foreground": None if self.foreground is None else self.foreground.identity(),
+                    "measure": self.measure.describe()}
+        if self.frames is not None:  # "all" or a range resolved against the image's t axis
+            identity["timepoints"] = {"selected": list(self.frames), "of": self.grid.shape[0]}
+        return identity
 
 
 #: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
@@ -148,7 +162,7 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     recorded = None
     if not spec.output.overwrite and label_io.state(target.url) == "incomplete":
         recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
-    block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
+    block = spec.blocks.shape or (tuple(recorded["block"][-view.ndim:]) if recorded and "block" in recorded else None)
     job = replace(_segmentation(spec, view, halo, n_workers, block), target=target, resume=recorded is not None)
     if recorded is not None:
         check_resumable(recorded, job.identity(), target.url)
@@ -174,10 +188,12 @@ def _checked(spec: JobSpec) -> tuple[ImageView, tuple[int, ...] | None]:
 
 
 def open_view(spec: JobSpec) -> ImageView:
-    """The level, channel and timepoint of the image that the job segments, and the channels it measures
-    (metadata only)."""
-    view = open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint,
-                                           spec.input.stain)
+    """The level, channel and timepoint of the image that the job segments (a time-lapse job's first), and the
+    channels it measures (metadata only)."""
+    image = open_image(spec.input.url)
+    frames = selected_timepoints(spec, image)
+    view = image.view(spec.input.level, spec.input.channel, frames[0] if frames else spec.input.timepoint,
+                      spec.input.stain)
     return measured_view(spec.measure, view)
 
 
@@ -190,14 +206,17 @@ def _given_halo(spec: JobSpec, view: ImageView) -> tuple[int, ...] | None:
 
 def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, n_workers: int,
                   block: tuple[int, ...] | None) -> Plan:
-    """Job-wide values (once per job, from the job sample) and the block grid; no output yet."""
+    """Job-wide values (once per job, from the job sample: of a time-lapse, its first timepoint's) and the block
+    grid (of a time-lapse: the grid of one timepoint repeated along the t axis); no output yet."""
     voxel_size = view.voxel_size
+    frames = selected_timepoints(spec, view.image)
     clear_sample_cache()  # the sample is read once per job, never reused from an earlier one
     check_values(view, spec.options.skip_bad_blocks)
     method = spec.method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = halo or method.halo(voxel_size)
-    budget, memory = block_budget(view.shape, n_workers, method.bytes_per_voxel)
-    fmap = foreground_map(spec.foreground, view, halo, dark=bool(getattr(method, "dark_objects", False)))
+    budget, memory = block_budget((len(frames or ()) or 1, *view.shape), n_workers, method.bytes_per_voxel)
+    fmap = None if frames else foreground_map(spec.foreground, view, halo,
+                                              dark=bool(getattr(method, "dark_objects", False)))
     if block is None and fmap is not None:  # default blocks, fine enough for the background to be skipped
         grid = min(finer_grids(view.shape, view.chunks, halo, budget, method.alignment(view.ndim), memory),
                    key=lambda g: makespan(g, fmap.blocks(g).active, n_workers))
@@ -208,8 +227,10 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
     mask = foreground_blocks(fmap, grid)
+    if frames is not None:
+        grid = grid.over(view.image.size("t"))
     return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask,
-                measure=measure_plan(spec.measure, view))
+                measure=measure_plan(spec.measure, view), frames=frames)
 
 
 def check_values(view: ImageView, skip_unreadable: bool = False) -> None:

@@ -77,12 +77,13 @@ class Tracking(BaseModel):
 
 @dataclass(frozen=True)
 class OverlapTask:
-    """The contingency of frames ``frame`` and ``frame + 1`` of a label array over one block core."""
+    """The contingency of frames ``frame`` and ``frame + gap`` of a label array over one block core."""
 
     labels: tuple[str, str, int]  # url, path, zarr format of the label array (t, (z,) y, x), level 0
     frame: int                    # index along the array's t axis
     region: tuple[slice, ...]     # the block's core (spatial axes)
     out_url: str                  # .npz
+    gap: int = 1                  # the next frame's index along the t axis, less ``frame``
 
 
 @dataclass(frozen=True)
@@ -123,20 +124,23 @@ def frame_url(frames_url: str, frame: int) -> str:
 
 def plan(labels: tuple[str, str, int], regions: list[tuple[slice, ...]], frame_t: tuple[float, ...],
          parts: list[str], voxel_size: VoxelSize, t_scale: float, params: Tracking, work_url: str,
-         tracks_url: str) -> list[list]:
+         tracks_url: str, frames: tuple[int, ...] | None = None) -> list[list]:
     """The tasks of the four steps, one list per step (a step reads what the steps before it wrote).
 
     ``labels`` is the label array (level 0) with its t axis first; ``regions`` the block cores that cover
     every object voxel (blocks known to hold only background may be left out); ``frame_t`` the table's ``t``
-    of each frame along the array's t axis; ``parts`` the table's parts (each row has ``t`` and ``label``).
+    of each frame; ``frames`` each frame's index along the array's t axis, increasing (default: 0, 1, ...;
+    e.g. the selected timepoints of a label image that has every timepoint of its image); ``parts`` the
+    table's parts (each row has ``t`` and ``label``).
     """
     if len(frame_t) < 2:
         raise ParameterError(f"track: the label image has {len(frame_t)} timepoint; tracking links objects "
                              "between timepoints: select 2 or more (timepoints) or turn tracking off")
     distance = params.distance(voxel_size)
     pairs = range(len(frame_t) - 1)
-    overlaps = [[OverlapTask(labels, i, tuple(region), store.join(work_url, f"overlap-{i:09d}-{b:09d}.npz"))
-                 for b, region in enumerate(regions)] for i in pairs]
+    frames = tuple(range(len(frame_t))) if frames is None else tuple(frames)
+    overlaps = [[OverlapTask(labels, frames[i], tuple(region), store.join(work_url, f"overlap-{i:09d}-{b:09d}.npz"),
+                             frames[i + 1] - frames[i]) for b, region in enumerate(regions)] for i in pairs]
     link_tasks = [LinkTask(tuple(o.out_url for o in overlaps[i]), tuple(voxel_size.spacing), params.min_overlap,
                            params.division_overlap, distance, store.join(work_url, f"links-{i:09d}.npz"))
                   for i in pairs]
@@ -158,7 +162,7 @@ def block_overlap(task: OverlapTask) -> int:
     number of overlapping label pairs."""
     arr = open_array(*task.labels)
     first = np.asarray(arr[(task.frame, *task.region)])
-    second = np.asarray(arr[(task.frame + 1, *task.region)])
+    second = np.asarray(arr[(task.frame + task.gap, *task.region)])
     out = overlap_arrays(first, second, tuple(r.start for r in task.region))
     store.save_arrays(task.out_url, out)
     return int(out["count"].size)
