@@ -73,13 +73,46 @@ def dry_run(job, method=None, name: str | None = None, *, profile: str | None = 
         return estimate(job_plan, c)
 
 
+def measure(image, labels: str, *, features=(), channels=None, parent: str | None = None,
+            neighbour_radius=None, colocalization_thresholds=None, block=None, profile: str | None = None,
+            client=None, scheduler: str | None = None, workers: int | None = None):
+    """Measure a label image that exists (``IMAGE/labels/<labels>``, written by bigseg or not: ids arbitrary)
+    into ``IMAGE/labels/<labels>/measurements.parquet``, replacing the table there when the new one is complete.
+
+    ``features``, ``channels``, ``parent``, ``neighbour_radius``, ``colocalization_thresholds``: as the job's
+    ``measure`` section (see :class:`bigseg.spec.job.MeasureSpec`); ``block``: voxels per task (z,y,x); the
+    cluster as for :func:`segment`.
+
+    >>> bigseg.measure("cells.zarr", "nuclei", features="shape", channels=[0, 1])  # doctest: +SKIP
+    """
+    from bigseg import measure_labels
+    from bigseg.spec.files import measure_settings
+    settings = measure_settings({k: v for k, v in {
+        "features": features, "channels": channels, "parent": parent, "neighbour_radius": neighbour_radius,
+        "colocalization_thresholds": colocalization_thresholds}.items() if v is not None})
+    with _on_cluster(lambda n: measure_labels.plan(os.fspath(image), labels, settings, n, block), None, profile,
+                     client, scheduler, workers, None) as (job_plan, c):
+        return measure_labels.run(job_plan, c)
+
+
 @contextlib.contextmanager
 def _planned_on_cluster(spec: JobSpec, profile, client, scheduler, workers, gpus):
     """The job planned for its cluster, and a client of that cluster: the one given, or one opened by profile
     (the plan is checked before a cluster starts when the profile knows its size)."""
-    from bigseg import cluster, pipeline
+    from bigseg import pipeline
+    with _on_cluster(lambda n: pipeline.plan(spec, n), lambda p: bool((p.method if p else spec.method).resources()),
+                     profile, client, scheduler, workers, gpus) as planned:
+        yield planned
+
+
+@contextlib.contextmanager
+def _on_cluster(make_plan, needs_gpu, profile, client, scheduler, workers, gpus):
+    """``make_plan(n_workers)`` and a client of the cluster it runs on: the one given, or one opened by profile
+    (planned before the cluster starts when the profile knows its size; ``needs_gpu(plan or None)``: whether
+    the job needs GPU workers)."""
+    from bigseg import cluster
     if client is not None:
-        yield pipeline.plan(spec, cluster.n_workers(client)), client
+        yield make_plan(cluster.n_workers(client)), client
         return
     if scheduler is not None:
         if profile is not None:
@@ -89,12 +122,12 @@ def _planned_on_cluster(spec: JobSpec, profile, client, scheduler, workers, gpus
     previous = store.configure(prof.storage_options) if prof.storage_options else None
     try:
         planned = prof.planned_workers(workers)
-        job_plan = pipeline.plan(spec, planned) if planned else None  # checked before a cluster starts
-        gpu = bool((job_plan.method if job_plan else spec.method).resources())
+        job_plan = make_plan(planned) if planned else None  # checked before a cluster starts
+        gpu = bool(needs_gpu(job_plan)) if needs_gpu else False
         with cluster.open_cluster(profile, workers=workers, gpus=gpus, gpu=gpu) as c:  # by name: errors name it
             if prof.storage_options:
                 c.register_plugin(StorageOptions(prof.storage_options))
-            yield job_plan or pipeline.plan(spec, cluster.n_workers(c)), c
+            yield job_plan or make_plan(cluster.n_workers(c)), c
     finally:
         if previous is not None:
             store.configure(previous)

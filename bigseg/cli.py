@@ -1,5 +1,5 @@
-"""The command line: ``bigseg demo``, ``info``, ``segment`` (``--dry-run``), ``preview``, ``spec``, ``profiles``,
-``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``,
+"""The command line: ``bigseg demo``, ``info``, ``segment`` (``--dry-run``), ``preview``, ``measure``, ``spec``,
+``profiles``, ``train-pixel-classifier``, ``serve`` (the job service) and its clients ``submit``, ``jobs``, ``job``, ``cancel``,
 ``retry``, ``logs``.
 
 User mistakes (:class:`~bigseg.errors.BigsegError`) are printed as one line and exit 2; anything
@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from bigseg.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
-from bigseg.cli_flags import add_job_arguments, job_spec
+from bigseg.cli_flags import add_job_arguments, add_measure_arguments, job_spec, measure_kwargs
 from bigseg.cli_render import ConsoleObserver, estimate_lines, not_an_event
 from bigseg.cli_serve import add_serve_command, run_serve
 from bigseg.errors import BigsegError, ParameterError
@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--workers", type=int, default=None, help="the full job's number of workers (same purpose)")
     pv.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
 
+    ms = sub.add_parser("measure", help="measure a label image that exists (bigseg's or any NGFF label image of the "
+                        "image) into its measurements table, replacing the table there")
+    ms.add_argument("image", help="OME-Zarr image: a local path or a URL")
+    ms.add_argument("--labels", required=True, help="the label image's name (IMAGE/labels/NAME)")
+    add_measure_arguments(ms)
+    ms.add_argument("--block", type=_ints, default=None, help="voxels per task (z,y,x), whole chunks")
+    ms.add_argument("--profile", default=None, help="cluster profile (as for segment)")
+    ms.add_argument("--workers", type=int, default=None, help="local cluster size")
+    ms.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    ms.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
     spec = sub.add_parser("spec", help="print the job file a command line means (YAML), or the job file's schema")
     add_job_arguments(spec)
     spec.add_argument("--schema", action="store_true", help="print the JSON schema of a job file")
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _log_to_stderr(args.verbose)
     try:
-        return {"demo": _demo, "info": _info, "segment": _segment, "preview": _preview, "spec": _spec,
+        return {"demo": _demo, "info": _info, "segment": _segment, "preview": _preview, "measure": _measure,
+                "spec": _spec,
                 "profiles": _profiles, "train-pixel-classifier": _train, "serve": run_serve,
                 **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}[args.command](args)
     except BigsegError as err:
@@ -130,6 +142,17 @@ def _segment(args) -> int:
         return 0
     bigseg.segment(job_spec(args), profile=args.profile, scheduler=args.scheduler, workers=args.workers,
                    gpus=args.gpus, observer=ConsoleObserver(args.json))
+    return 0
+
+
+def _measure(args) -> int:
+    import bigseg
+    result = bigseg.measure(args.image, args.labels, block=args.block, profile=args.profile,
+                            scheduler=args.scheduler, workers=args.workers, **measure_kwargs(args))
+    print(f"measured {result.objects} objects of {args.labels} in {result.blocks} blocks "
+          f"({result.seconds.get('total', 0):.1f} s): {result.table}")
+    if args.json:
+        print(json.dumps(result.summary()))
     return 0
 
 

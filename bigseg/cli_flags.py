@@ -32,6 +32,25 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         _add_flag(methods, field, info, dest=f"method_{field}", owners=owners)
 
 
+def add_measure_arguments(p: argparse.ArgumentParser) -> None:
+    """``bigseg measure``'s flags: the job's ``measure`` section, flag for field."""
+    from bigseg.spec.job import MeasureSpec
+    group = p.add_argument_group("measurements")
+    for field, info in MeasureSpec.model_fields.items():
+        _add_flag(group, field, info, dest=f"measure_{field}")
+
+
+def measure_kwargs(args) -> dict:
+    """The ``measure`` flags given, as :func:`bigseg.measure` keywords."""
+    from bigseg.spec.job import MeasureSpec
+    out = {}
+    for field, info in MeasureSpec.model_fields.items():
+        value = getattr(args, f"measure_{field}")
+        if value is not None:
+            out[field] = _flag_value(value, info.annotation)
+    return out
+
+
 def _job_field(section: str, field: str):
     return JobSpec.model_fields[section].annotation.model_fields[field]
 

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from bigseg.measure import stage as measure_stage
+from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
 from bigseg.measure.settings import MeasurePlan, measure_plan, measured_view
 from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
@@ -338,6 +339,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         for i, tasks in enumerate([merges[0] + interior, *merges[1:]]):  # later steps: merges of many blocks
             stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
                        results=False)
+        _table_passes(plan, stages, files)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):
@@ -359,6 +361,19 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         threshold=method.job_values().get("threshold"), block_shape=grid.block_shape, halo=grid.halo,
         seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped,
         blocks_background=background)
+
+
+def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
+    """The passes over the finished table parts that the measure settings ask for: neighbourhoods (centroid
+    neighbours and touching objects), step by step on the workers."""
+    radius = plan.measure.neighbour_radius
+    if radius is None:
+        return
+    with stages.local("neighbours"):
+        steps = neighbourhood_steps(files.table_parts, files.work_url, radius, plan.target.url,
+                                    plan.target.level_path(0))
+    for i, tasks in enumerate(steps):
+        stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
 
 
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:

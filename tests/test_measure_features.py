@@ -28,7 +28,8 @@ def _two_channels(ndim: int, seed: int = 4):
 def _write(tmp_path, data, scale):
     axes = "czyx" if data.ndim == 4 else "cyx"
     chunks = (1, 8, 32, 32) if data.ndim == 4 else (1, 64, 64)
-    return write_ome_zarr(tmp_path / "two.zarr", data, axes, chunks, scale={"c": 1.0, **scale}, levels=2)
+    return write_ome_zarr(tmp_path / "two.zarr", data, axes, chunks, scale={"c": 1.0, **scale}, levels=2,
+                          unit="micrometer")
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -101,3 +102,29 @@ def test_bad_measurement_settings_are_one_line_errors(tmp_path, capsys, flags, m
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert checksums(path) == before and not open_image(path).labels
+
+
+def test_neighbour_columns_through_a_job_equal_a_whole_table_kdtree_and_numpy(client, tmp_path):
+    from scipy.spatial import cKDTree
+    data = _two_channels(3)
+    path = _write(tmp_path, data[:1], {"z": 2.0, "y": 0.5, "x": 0.75})
+    res = bigseg.segment(path, "watershed", name="n", client=client, block=(16, 32, 32), halo=14,
+                         features="neighbours", neighbour_radius="6um")
+    table = pd.read_parquet(res.table).sort_values("label", ignore_index=True)
+    assert len(table) == res.objects > 30
+    xyz = table[["centroid_z", "centroid_y", "centroid_x"]].to_numpy()
+    distance, index = cKDTree(xyz).query(xyz, k=2)
+    np.testing.assert_allclose(table["nearest_neighbour_distance"], distance[:, 1], rtol=1e-12)
+    within = [len(n) - 1 for n in cKDTree(xyz).query_ball_point(xyz, 6.0)]
+    assert table["neighbours_within_radius"].tolist() == within and max(within) > 0
+    labels = zarr.open_array(res.labels + "/0", mode="r")[:]
+    pairs = set()
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        x, y = a[:-1].ravel(), a[1:].ravel()
+        keep = (x != y) & (x > 0) & (y > 0)
+        pairs |= set(zip(x[keep].tolist(), y[keep].tolist())) | set(zip(y[keep].tolist(), x[keep].tolist()))
+    touching = np.bincount([p[0] for p in pairs], minlength=int(labels.max()) + 1)
+    assert table["touching_objects"].tolist() == touching[table["label"]].tolist() and touching.max() > 0
+    meta = zarr.open_group(res.labels, mode="r").attrs["bigseg"]["measure"]
+    assert meta["neighbour_radius"] == pytest.approx(6.0)

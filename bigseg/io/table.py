@@ -2,6 +2,8 @@
 final path only when complete."""
 from __future__ import annotations
 
+import uuid
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +23,18 @@ def write_part(df: pd.DataFrame, url: str) -> None:
     buffer = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buffer)
     store.save_bytes(url, buffer.getvalue().to_pybytes())
+
+
+def replace(parts_url: str, table_url: str) -> None:
+    """Move a folder of parts to ``table_url``: a table already there is moved aside first and removed last, so
+    that the path holds the old table or the new one, never a mix of their parts."""
+    if not store.exists(table_url):
+        store.publish(parts_url, table_url)
+        return
+    old = f"{table_url}.old-{uuid.uuid4().hex[:8]}"
+    store.publish(table_url, old)
+    store.publish(parts_url, table_url)
+    store.remove(old)
 
 
 def read_table(url: str) -> pd.DataFrame:

@@ -24,6 +24,15 @@ KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timep
             "keep_work": ("options", "keep_work")}
 
 
+def measure_settings(data: dict):
+    """A job's ``measure`` section alone (for measuring existing labels), validated like a job's."""
+    from bigseg.spec.job import MeasureSpec
+    try:
+        return MeasureSpec.model_validate(data)
+    except ValidationError as err:
+        raise ParameterError(validation_message(err, MeasureSpec, prefix="measure")) from None
+
+
 def from_dict(data: dict, source: str = "") -> JobSpec:
     """Validate plain data; errors name the field (``method.diameter: must be positive``)."""
     where = f"{source}: " if source else ""
