@@ -7,6 +7,7 @@ and edges; voxels and statistics move only between workers and storage.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -103,7 +104,7 @@ class Plan:
     #: a time-lapse job's timepoints (None: one timepoint); its grid has the image's t axis as a batch axis
     frames: tuple[int, ...] | None = None
 
-    @property
+    @functools.cached_property
     def active(self) -> np.ndarray | None:
         """True for each block (by id) with foreground, segmented at full resolution; the others are background,
         never read (None: every block is active). In a time-lapse job, the blocks of the selected timepoints."""
@@ -294,10 +295,10 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     with stages.local("plan"):
         if not plan.resume:
             label_io.start(target)
-            zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
+            zarr.create_array(store=files.fragments, shape=grid.shape, shards=grid.block_shape,
                               chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(plan.identity())  # from here on, the job can be resumed
-    started = ev.JobStarted(view.image.url, spec.input.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
+    started = ev.JobStarted(view.image.url, spec.input.level, tuple(grid.shape), len(grid), tuple(grid.block_shape),
                             tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
     log.info("job started: %s", started.to_dict())
     stages.observer.on_event(started)
@@ -322,14 +323,15 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         _say(stages, ev.Warning(f"{lookup.n_objects} objects do not fit uint32; labels are uint64 "
                                 "(some viewers cannot show 64-bit labels)"))
 
-    levels = label_io.create_levels(target, view, dtype)
+    has_t = plan.frames is not None  # a time-lapse: the label image has the t axis
+    levels = label_io.create_levels(target, view, dtype, has_t)
     _relabel_and_pyramid(plan, stages, files, lookup, by_id, levels, dtype)
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
     channel_names = view.channel_names
     table_args = measure_stage.TableArgs(view.scale, view.translation, view.shape, channel_names,
-                                         plan.measure.extras)
+                                         plan.measure.extras, grid.batch)
     if not published:
         with stages.local("measure"):
             merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
@@ -340,27 +342,35 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
             stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
                        results=False)
         _table_passes(plan, stages, files)
+        if spec.track.enabled:
+            track(plan, stages, (target.url, target.level_path(0), target.zarr_format), files.table_parts,
+                  store.join(files.work_url, "tracks"), files.tracks)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):
         write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
-                      target.qc_url)
+                      target.qc_url, has_t)
+        if store.exists(files.tracks):  # before the table: a resumed job whose table was published is done
+            store.publish(files.tracks, target.tracks_url)
         if not published:
             store.publish(files.table_parts, target.table_url)
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
                                                       "blocks_skipped": skipped, "blocks_background": background,
                                                       "foreground": plan.foreground and plan.foreground.describe(),
-                                                      "measure": plan.measure.describe()})
+                                                      "measure": plan.measure.describe(),
+                                                      **_timelapse_metadata(plan)}, has_t)
         if not spec.options.keep_work:
             store.remove(files.work_url)
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
-        labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
+        labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects,
+        blocks=len(grid) if plan.frames is None else len(segmented),
         blocks_empty=sum(1 for s in segmented if s.n_fragments == 0), dtype=dtype.name,
         threshold=method.job_values().get("threshold"), block_shape=grid.block_shape, halo=grid.halo,
-        seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped,
-        blocks_background=background)
+        seconds=stages.seconds, voxels=math.prod(view.shape) * len(plan.frames or (0,)), resumed=stages.resumed,
+        blocks_skipped=skipped, blocks_background=background, timepoints=plan.frames,
+        tracks=target.tracks_url if spec.track.enabled else None)
 
 
 def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
@@ -374,6 +384,14 @@ def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
                                     plan.target.level_path(0))
     for i, tasks in enumerate(steps):
         stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
+
+
+def _timelapse_metadata(plan: Plan) -> dict:
+    """A time-lapse job's part of the label metadata: its timepoints (the others are left 0) and its tracks
+    table."""
+    if plan.frames is None:
+        return {}
+    return {"timepoints": list(plan.frames), "tracks": "tracks.parquet" if plan.spec.track.enabled else None}
 
 
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:
@@ -412,11 +430,13 @@ def _relabel_and_pyramid(plan: Plan, stages: StageRunner, files: JobFiles, looku
             tasks.append(RelabelTask(group, ids, files.fragments, target.url, target.zarr_format, dtype.str, paths,
                                      shapes, fused))
     stages.run("relabel", relabel_group, tasks, results=False)
+    selected = None if plan.frames is None else set(plan.frames)  # a time-lapse's timepoints: the others stay 0
     for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         if i in fused:
             continue
         level_tasks = [DownsampleTask(target.url, paths[i - 1], paths[i], target.zarr_format, shapes[i - 1],
-                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)]
+                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)
+                       if selected is None or not selected.isdisjoint(range(r[0].start, r[0].stop))]
         stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
     stages.seconds.setdefault("pyramid", 0.0)  # every level may have been written by the relabel tasks
 

@@ -53,6 +53,11 @@ class JobFiles:
     def table_parts(self) -> str:
         return store.join(self.work_url, "table")
 
+    @property
+    def tracks(self) -> str:
+        """The tracks table (a time-lapse job's, with tracking), moved into place at the end like the table."""
+        return store.join(self.work_url, "tracks.parquet")
+
 
 @dataclass(frozen=True)
 class SegmentTask:

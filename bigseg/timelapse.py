@@ -38,6 +38,9 @@ def selected_timepoints(spec, image: OmeImage) -> tuple[int, ...] | None:
     if fg.skip_background or fg.mask is not None or fg.threshold is not None:
         raise ParameterError("foreground: background skipping works on one timepoint, not on input.timepoints; "
                              "leave foreground.skip_background, mask and threshold unset (every block is read)")
+    if "neighbours" in spec.measure.features or spec.measure.parent is not None:
+        raise ParameterError("measure: neighbours and parent work on one timepoint, not on input.timepoints yet; "
+                             "drop them, or segment one timepoint (input.timepoint)")
     return frames
 
 
