@@ -151,6 +151,7 @@ def test_tracking_recovers_the_true_links_and_divisions_from_the_jobs_own_labels
     assert res.tracks == os.path.join(res.labels, "tracks.parquet")
     assert zarr.open_group(res.labels, mode="r").attrs["bigseg"]["tracks"] == "tracks.parquet"
     tracks = pd.read_parquet(res.tracks).sort_values("track_id", ignore_index=True)
+    assert tracks.track_id.tolist() == list(range(1, len(tracks) + 1)) and set(table.track_id) == set(tracks.track_id)
     # the true links, through each true object's job object (largest overlap)
     job_of = by_overlap(truth, labels)
     found = links_of(table)

@@ -348,15 +348,16 @@ def assign_tracks(task: AssignTask) -> int:
     """Write each frame's track ids and the tracks table; returns the number of tracks."""
     frame_t = np.asarray(task.frame_t, float)
     ended: list[dict[str, np.ndarray]] = []
-    parts = 0
+    parts = n_tracks = 0
     tracks = None
     for i, links in enumerate(store.iter_arrays(list(task.links), batch=1)):
         if tracks is None:  # frame 0: a track per object
-            n = links["labels_0"].size
-            tracks = _OpenTracks(links["labels_0"], np.arange(1, n + 1, dtype=np.int64), np.zeros(n, np.int64),
-                                 np.zeros(n, np.int64), np.zeros(n))
+            n_tracks = links["labels_0"].size
+            tracks = _OpenTracks(links["labels_0"], np.arange(1, n_tracks + 1, dtype=np.int64),
+                                 np.zeros(n_tracks, np.int64), np.zeros(n_tracks, np.int64), np.zeros(n_tracks))
         _save_frame(task.frames_url, i, tracks)
-        tracks, done = _advance(tracks, links, i + 1)
+        tracks, done = _advance(tracks, links, i + 1, n_tracks + 1)
+        n_tracks = max(n_tracks, int(tracks.track.max(initial=0)))  # new tracks got the next ids
         ended.append(done)
         if sum(e["track_id"].size for e in ended) >= TRACKS_PER_PART:
             parts = _write_tracks(task, ended, i, frame_t, parts)
@@ -365,12 +366,13 @@ def assign_tracks(task: AssignTask) -> int:
     _save_frame(task.frames_url, last, tracks)
     ended.append(tracks.take(np.arange(tracks.labels.size)))
     _write_tracks(task, ended, last, frame_t, parts)
-    return int(tracks.track.max(initial=0))
+    return n_tracks
 
 
-def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int
+def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int, first_new: int
              ) -> tuple[_OpenTracks, dict[str, np.ndarray]]:
-    """The tracks through ``frame`` (from the links into it) and those that ended at the frame before."""
+    """The tracks through ``frame`` (from the links into it; new ones numbered from ``first_new``, in the
+    order of their labels) and those that ended at the frame before."""
     labels = links["labels_1"]
     linked = links["predecessor"] != 0
     previous = np.searchsorted(tracks.labels, links["predecessor"])
@@ -378,7 +380,6 @@ def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int
     goes_on = linked.copy()
     goes_on[linked] = successors[previous[linked]] == 1
     daughter = linked & ~goes_on
-    first_new = int(tracks.track.max(initial=0)) + 1  # ids follow the order of (frame, label)
     track = np.zeros(labels.size, np.int64)
     track[goes_on] = tracks.track[previous[goes_on]]
     track[~goes_on] = np.arange(first_new, first_new + int((~goes_on).sum()))
