@@ -38,7 +38,8 @@ def segment(job, method=None, name: str | None = None, *, profile: str | None = 
         :class:`bigseg.engine.cancel.Cancellation` whose ``cancel()`` stops the job from another thread
         (see :func:`submit`).
     **kwargs
-        ``level, channel, timepoint, stain`` (input), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
+        ``level, channel, timepoint, timepoints, stain`` (input; ``timepoints="all"``, ``"0:10"`` or ``[0, 5, 9]``:
+        a time-lapse), ``track`` (link its objects), ``block, halo`` (blocks), ``iou_threshold``, ``output`` (a
         standalone label image URL), ``overwrite``, ``skip_bad_blocks``, ``keep_work``; any other keyword is a
         method parameter (``sigma``, ``diameter``, ``min_size``, ``model``, ...). Lengths take units: ``"8um"``.
 
@@ -68,9 +69,17 @@ def dry_run(job, method=None, name: str | None = None, *, profile: str | None = 
     >>> bigseg.dry_run("nuclei.zarr", "watershed", diameter="8um").summary()  # doctest: +SKIP
     """
     from bigseg.estimate import estimate
-    with _planned_on_cluster(as_spec(job, method, name, **kwargs), profile, client, scheduler, workers,
-                             gpus) as (job_plan, c):
+    spec = _one_timepoint(as_spec(job, method, name, **kwargs), "a dry run")
+    with _planned_on_cluster(spec, profile, client, scheduler, workers, gpus) as (job_plan, c):
         return estimate(job_plan, c)
+
+
+def _one_timepoint(spec: JobSpec, what: str) -> JobSpec:
+    """``spec``, refused when it is a time-lapse (not yet supported by ``what``)."""
+    if spec.input.timepoints is not None:
+        raise ParameterError(f"input.timepoints: {what} runs on one timepoint; set input.timepoint (e.g. the first "
+                             "of the time-lapse) instead")
+    return spec
 
 
 def measure(image, labels: str, *, features=(), channels=None, parent: str | None = None,
@@ -163,7 +172,7 @@ def preview(job, method=None, region=None, *, profile: str | None = None, worker
     from bigseg import cluster, pipeline, previews
     if region is None:
         raise ParameterError("region: give the region to preview, one start:stop per axis, e.g. 0:32,0:512,0:512")
-    spec = as_spec(job, method, None, **kwargs)
+    spec = _one_timepoint(as_spec(job, method, None, **kwargs), "a preview")
     view = pipeline.open_view(spec)
     previews.region_of(region, view)  # checked before the job sample is read
     n = cluster.resolve_profile(profile)[1].planned_workers(workers)

@@ -98,6 +98,21 @@ class BlockGrid:
     #: Extended regions start at multiples of this (networks with pooling are shift-equivariant only
     #: for shifts by their total downsampling factor).
     align: tuple[int, ...] | None = None
+    #: Leading axes that are a batch (a time-lapse's t): blocks of 1 and no halo along them, and no block is
+    #: next to another across them (no faces, no neighbours, no group spans them): objects never join there.
+    batch: int = 0
+
+    def over(self, n: int) -> "BlockGrid":
+        """This grid repeated along a new leading batch axis of ``n`` (e.g. the timepoints of a time-lapse)."""
+        return BlockGrid((n, *self.shape), (1, *self.block_shape), (0, *self.halo),
+                         None if self.align is None else (1, *self.align), self.batch + 1)
+
+    @property
+    def frame(self) -> "BlockGrid":
+        """The grid of one batch entry (the spatial grid of one timepoint): the grid itself without batch axes."""
+        b = self.batch
+        return BlockGrid(self.shape[b:], self.block_shape[b:], self.halo[b:],
+                         None if self.align is None else self.align[b:])
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -126,14 +141,15 @@ class BlockGrid:
     def neighbour_offsets(self, index: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Offsets (-1, 0, 1 per axis, not all 0) of the blocks next to ``index`` (faces, edges, corners)."""
         out = []
-        for off in itertools.product((-1, 0, 1), repeat=len(index)):
+        for off in itertools.product((-1, 0, 1), repeat=len(index) - self.batch):
+            off = (0,) * self.batch + off
             if any(off) and all(0 <= i + o < g for i, o, g in zip(index, off, self.grid_shape)):
                 out.append(off)
         return out
 
     def shared_faces(self, index: tuple[int, ...]) -> list[tuple[int, int]]:
         """(axis, side) of the core faces that touch another block; side is 0 (low) or 1 (high)."""
-        return [(d, side) for d in range(len(index)) for side in (0, 1)
+        return [(d, side) for d in range(self.batch, len(index)) for side in (0, 1)
                 if 0 <= index[d] + (1 if side else -1) < self.grid_shape[d]]
 
     def block_of(self, positions: np.ndarray, axis: int) -> np.ndarray:
@@ -143,16 +159,17 @@ class BlockGrid:
         """(axis, low block index) for every pair of blocks that share a face."""
         out = []
         for index in np.ndindex(*self.grid_shape):
-            for d in range(len(index)):
+            for d in range(self.batch, len(index)):
                 if index[d] + 1 < self.grid_shape[d]:
                     out.append((d, tuple(int(i) for i in index)))
         return out
 
     def group_counts(self, max_voxels: int) -> tuple[int, ...]:
-        """Blocks per axis of a group (:meth:`groups`) of at most ``max_voxels`` core voxels, or one block."""
+        """Blocks per axis of a group (:meth:`groups`) of at most ``max_voxels`` core voxels, or one block (one
+        along the batch axes)."""
         counts = [1] * len(self.grid_shape)
         while True:  # grow the axis whose group extent (in voxels) is smallest, as default_block_shape does
-            growable = [d for d, (k, g) in enumerate(zip(counts, self.grid_shape)) if k < g]
+            growable = [d for d, (k, g) in enumerate(zip(counts, self.grid_shape)) if k < g and d >= self.batch]
             if not growable:
                 break
             d = min(growable, key=lambda i: counts[i] * self.block_shape[i])

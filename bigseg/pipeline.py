@@ -7,6 +7,7 @@ and edges; voxels and statistics move only between workers and storage.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ from bigseg.relabel import BlockIds, RelabelTask, relabel_group
 from bigseg.segment_blocks import BlockSummary, JobFiles, SegmentTask, segment_block
 from bigseg.stitch import resolve, resolve_classes
 from bigseg.stitch_rules import Output
+from bigseg.timelapse import selected_timepoints, track
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class SegmentResult:
     blocks_skipped: list = field(default_factory=list)
     #: blocks never read: no foreground in the low-resolution mask (dilated by the halo)
     blocks_background: int = 0
+    #: a time-lapse job: the timepoints segmented (None: one timepoint), and the tracks table (None: no tracking)
+    timepoints: tuple[int, ...] | None = None
+    tracks: str | None = None
 
     @property
     def voxels_per_second(self) -> float:
@@ -76,7 +81,8 @@ class SegmentResult:
                 "threshold": self.threshold, "block": list(self.block_shape), "halo": list(self.halo),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "voxels": self.voxels,
                 "voxels_per_second": round(self.voxels_per_second, 1), "resumed": self.resumed,
-                "blocks_skipped": self.blocks_skipped}
+                "blocks_skipped": self.blocks_skipped,
+                "timepoints": None if self.timepoints is None else len(self.timepoints), "tracks": self.tracks}
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,17 @@ class Plan:
     foreground: ForegroundMask | None = None
     #: what the table measures beyond the basic statistics
     measure: MeasurePlan = MeasurePlan()
+    #: a time-lapse job's timepoints (None: one timepoint); its grid has the image's t axis as a batch axis
+    frames: tuple[int, ...] | None = None
 
-    @property
+    @functools.cached_property
     def active(self) -> np.ndarray | None:
         """True for each block (by id) with foreground, segmented at full resolution; the others are background,
-        never read (None: every block is active)."""
+        never read (None: every block is active). In a time-lapse job, the blocks of the selected timepoints."""
+        if self.frames is not None:
+            selected = np.zeros(self.grid.shape[0], bool)
+            selected[list(self.frames)] = True
+            return np.repeat(selected, len(self.grid) // self.grid.shape[0])
         return None if self.foreground is None else self.foreground.active
 
     def active_blocks(self) -> list:
@@ -132,10 +144,13 @@ class Plan:
     def identity(self) -> dict:
         """What must be the same for a job to resume another: the spec (less its run options) and what was
         derived from it (block plan, minimum size, job-wide values such as the threshold)."""
-        return {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
-                "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
-                "foreground": None if self.foreground is None else self.foreground.identity(),
-                "measure": self.measure.describe()}
+        identity = {"format": IDENTITY_FORMAT, "spec": self.spec.identity(), "block": list(self.grid.block_shape),
+                    "halo": list(self.grid.halo), "min_size": self.min_size, "job_values": self.method.job_values(),
+                    "foreground": None if self.foreground is None else self.foreground.identity(),
+                    "measure": self.measure.describe()}
+        if self.frames is not None:  # "all" or a range resolved against the image's t axis
+            identity["timepoints"] = {"selected": list(self.frames), "of": self.grid.shape[0]}
+        return identity
 
 
 #: Version of :meth:`Plan.identity`'s layout (a work folder from another layout is not resumed).
@@ -150,7 +165,7 @@ def plan(spec: JobSpec, n_workers: int) -> Plan:
     recorded = None
     if not spec.output.overwrite and label_io.state(target.url) == "incomplete":
         recorded = Journal(target.work_url).recorded_identity()  # an unfinished job: resume it
-    block = spec.blocks.shape or (tuple(recorded["block"]) if recorded and "block" in recorded else None)
+    block = spec.blocks.shape or (tuple(recorded["block"][-view.ndim:]) if recorded and "block" in recorded else None)
     job = replace(_segmentation(spec, view, halo, n_workers, block), target=target, resume=recorded is not None)
     if recorded is not None:
         check_resumable(recorded, job.identity(), target.url)
@@ -176,10 +191,12 @@ def _checked(spec: JobSpec) -> tuple[ImageView, tuple[int, ...] | None]:
 
 
 def open_view(spec: JobSpec) -> ImageView:
-    """The level, channel and timepoint of the image that the job segments, and the channels it measures
-    (metadata only)."""
-    view = open_image(spec.input.url).view(spec.input.level, spec.input.channel, spec.input.timepoint,
-                                           spec.input.stain)
+    """The level, channel and timepoint of the image that the job segments (a time-lapse job's first), and the
+    channels it measures (metadata only)."""
+    image = open_image(spec.input.url)
+    frames = selected_timepoints(spec, image)
+    view = image.view(spec.input.level, spec.input.channel, frames[0] if frames else spec.input.timepoint,
+                      spec.input.stain)
     return measured_view(spec.measure, view)
 
 
@@ -192,14 +209,17 @@ def _given_halo(spec: JobSpec, view: ImageView) -> tuple[int, ...] | None:
 
 def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, n_workers: int,
                   block: tuple[int, ...] | None) -> Plan:
-    """Job-wide values (once per job, from the job sample) and the block grid; no output yet."""
+    """Job-wide values (once per job, from the job sample: of a time-lapse, its first timepoint's) and the block
+    grid (of a time-lapse: the grid of one timepoint repeated along the t axis); no output yet."""
     voxel_size = view.voxel_size
+    frames = selected_timepoints(spec, view.image)
     clear_sample_cache()  # the sample is read once per job, never reused from an earlier one
     check_values(view, spec.options.skip_bad_blocks)
     method = spec.method.prepare(view)  # job-wide values (threshold, normalisation) once, never per block
     halo = halo or method.halo(voxel_size)
-    budget, memory = block_budget(view.shape, n_workers, method.bytes_per_voxel)
-    fmap = foreground_map(spec.foreground, view, halo, dark=bool(getattr(method, "dark_objects", False)))
+    budget, memory = block_budget((len(frames or ()) or 1, *view.shape), n_workers, method.bytes_per_voxel)
+    fmap = None if frames else foreground_map(spec.foreground, view, halo,
+                                              dark=bool(getattr(method, "dark_objects", False)))
     if block is None and fmap is not None:  # default blocks, fine enough for the background to be skipped
         grid = min(finer_grids(view.shape, view.chunks, halo, budget, method.alignment(view.ndim), memory),
                    key=lambda g: makespan(g, fmap.blocks(g).active, n_workers))
@@ -210,8 +230,10 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
     mask = foreground_blocks(fmap, grid)
+    if frames is not None:
+        grid = grid.over(view.image.size("t"))
     return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask,
-                measure=measure_plan(spec.measure, view))
+                measure=measure_plan(spec.measure, view), frames=frames)
 
 
 def check_values(view: ImageView, skip_unreadable: bool = False) -> None:
@@ -274,10 +296,10 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
     with stages.local("plan"):
         if not plan.resume:
             label_io.start(target)
-            zarr.create_array(store=files.fragments, shape=view.shape, shards=grid.block_shape,
+            zarr.create_array(store=files.fragments, shape=grid.shape, shards=grid.block_shape,
                               chunks=inner_chunks(grid.block_shape), dtype=np.uint32, fill_value=0, zarr_format=3)
             journal.start(plan.identity())  # from here on, the job can be resumed
-    started = ev.JobStarted(view.image.url, spec.input.level, tuple(view.shape), len(grid), tuple(grid.block_shape),
+    started = ev.JobStarted(view.image.url, spec.input.level, tuple(grid.shape), len(grid), tuple(grid.block_shape),
                             tuple(grid.halo), method.name, plan.resume, getattr(stages.client, "dashboard_link", None))
     log.info("job started: %s", started.to_dict())
     stages.observer.on_event(started)
@@ -302,14 +324,15 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         _say(stages, ev.Warning(f"{lookup.n_objects} objects do not fit uint32; labels are uint64 "
                                 "(some viewers cannot show 64-bit labels)"))
 
-    levels = label_io.create_levels(target, view, dtype)
+    has_t = plan.frames is not None  # a time-lapse: the label image has the t axis
+    levels = label_io.create_levels(target, view, dtype, has_t)
     _relabel_and_pyramid(plan, stages, files, lookup, by_id, levels, dtype)
 
     # a resumed job whose table was already moved into place has nothing left to measure
     published = store.exists(target.table_url) and not store.exists(files.table_parts)
     channel_names = view.channel_names
     table_args = measure_stage.TableArgs(view.scale, view.translation, view.shape, channel_names,
-                                         plan.measure.extras, plan.measure.parent)
+                                         plan.measure.extras, plan.measure.parent, grid.batch)
     if not published:
         with stages.local("measure"):
             merges = measure_stage.merge_steps(lookup, files, table_args)  # objects across blocks: on workers
@@ -321,27 +344,35 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
             stages.run("measure", measure_stage.measure_task, tasks, step="measure" + (f"-{i}" if i else ""),
                        results=False)
         _table_passes(plan, stages, files)
+        if spec.track.enabled:
+            track(plan, stages, (target.url, target.level_path(0), target.zarr_format), files.table_parts,
+                  store.join(files.work_url, "tracks"), files.tracks)
 
     stages.cancellation.raise_if_cancelled()  # the last point to stop: finalizing makes the output valid
     with stages.local("finalize"):
         write_overlay(view, target.url, [target.level_path(i) for i in range(len(levels))], target.zarr_format,
-                      target.qc_url)
+                      target.qc_url, has_t)
+        if store.exists(files.tracks):  # before the table: a resumed job whose table was published is done
+            store.publish(files.tracks, target.tracks_url)
         if not published:
             store.publish(files.table_parts, target.table_url)
         label_io.finalize(target, view, len(levels), {"method": method.name, "objects": lookup.n_objects,
                                                       "table": "measurements.parquet",
                                                       "blocks_skipped": skipped, "blocks_background": background,
                                                       "foreground": plan.foreground and plan.foreground.describe(),
-                                                      "measure": plan.measure.describe()})
+                                                      "measure": plan.measure.describe(),
+                                                      **_timelapse_metadata(plan)}, has_t)
         if not spec.options.keep_work:
             store.remove(files.work_url)
     stages.seconds["total"] = time.perf_counter() - t_start
     return SegmentResult(
-        labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects, blocks=len(grid),
+        labels=target.url, table=target.table_url, qc=target.qc_url, objects=lookup.n_objects,
+        blocks=len(grid) if plan.frames is None else len(segmented),
         blocks_empty=sum(1 for s in segmented if s.n_fragments == 0), dtype=dtype.name,
         threshold=method.job_values().get("threshold"), block_shape=grid.block_shape, halo=grid.halo,
-        seconds=stages.seconds, voxels=math.prod(view.shape), resumed=stages.resumed, blocks_skipped=skipped,
-        blocks_background=background)
+        seconds=stages.seconds, voxels=math.prod(view.shape) * len(plan.frames or (0,)), resumed=stages.resumed,
+        blocks_skipped=skipped, blocks_background=background, timepoints=plan.frames,
+        tracks=target.tracks_url if spec.track.enabled else None)
 
 
 def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
@@ -352,6 +383,14 @@ def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
                  view.image.url, target.name, tuple(view.shape), tuple(view.scale), tuple(plan.grid.block_shape))
     for warning in run_passes(stages, plan.measure, at):
         _say(stages, ev.Warning(warning))
+
+
+def _timelapse_metadata(plan: Plan) -> dict:
+    """A time-lapse job's part of the label metadata: its timepoints (the others are left 0) and its tracks
+    table."""
+    if plan.frames is None:
+        return {}
+    return {"timepoints": list(plan.frames), "tracks": "tracks.parquet" if plan.spec.track.enabled else None}
 
 
 def _every_block(grid: BlockGrid, segmented: list[BlockSummary]) -> list[BlockSummary]:
@@ -390,11 +429,13 @@ def _relabel_and_pyramid(plan: Plan, stages: StageRunner, files: JobFiles, looku
             tasks.append(RelabelTask(group, ids, files.fragments, target.url, target.zarr_format, dtype.str, paths,
                                      shapes, fused))
     stages.run("relabel", relabel_group, tasks, results=False)
+    selected = None if plan.frames is None else set(plan.frames)  # a time-lapse's timepoints: the others stay 0
     for i in range(1, len(levels)):  # level by level: each is sampled from the one above
         if i in fused:
             continue
         level_tasks = [DownsampleTask(target.url, paths[i - 1], paths[i], target.zarr_format, shapes[i - 1],
-                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)]
+                                      shapes[i], r) for r in regions(levels[i].shape, levels[i].chunks)
+                       if selected is None or not selected.isdisjoint(range(r[0].start, r[0].stop))]
         stages.run("pyramid", downsample, level_tasks, step=f"pyramid-{i}", results=False)
     stages.seconds.setdefault("pyramid", 0.0)  # every level may have been written by the relabel tasks
 

@@ -28,13 +28,16 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str) -> str:
-    """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole."""
+def write_overlay(view: ImageView, labels_url: str, label_paths: list[str], zarr_format: int, url: str,
+                  time: bool = False) -> str:
+    """Write a PNG of the middle plane (3D) or the whole plane (2D) at a level small enough to read whole (of
+    the view's timepoint: with ``time``, the label arrays have the t axis first)."""
     i = picture_level(view, len(label_paths))
     lv = view.at_level(view.level + i)
     region = picture_plane(lv)
     plane = lv.read(region).reshape(lv.shape[-2:])
-    labels = np.asarray(open_array(labels_url, label_paths[i], zarr_format)[region]).reshape(lv.shape[-2:])
+    index = (view.timepoint,) * time + region
+    labels = np.asarray(open_array(labels_url, label_paths[i], zarr_format)[index]).reshape(lv.shape[-2:])
     return write_picture(plane, labels, url)
 
 

@@ -53,6 +53,11 @@ class JobFiles:
     def table_parts(self) -> str:
         return store.join(self.work_url, "table")
 
+    @property
+    def tracks(self) -> str:
+        """The tracks table (a time-lapse job's, with tracking), moved into place at the end like the table."""
+        return store.join(self.work_url, "tracks.parquet")
+
 
 @dataclass(frozen=True)
 class SegmentTask:
@@ -103,8 +108,9 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     block, grid = task.block, task.grid
     where = f"block {block.id} {region_text(block.extended)}"
     read = task.read_region
+    view, b = _frame(task)
     try:
-        extended = _read(task.view, read)
+        extended = _read(view, read[b:])[(None,) * b]
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or missing chunks
         message = f"{where}: cannot read the input ({type(err).__name__}: {err})"
         if task.skip_unreadable:
@@ -115,7 +121,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
         raise BlockError(f"{where}: the image has NaN or infinite values here; replace them (e.g. with 0) "
                          "before segmenting")
     try:
-        labels = np.asarray(task.method.fragment_source(extended, task.view.voxel_size))
+        labels = np.asarray(task.method.fragment_source(extended[(0,) * b], view.voxel_size))[(None,) * b]
     except BigsegError:
         raise
     except Exception as err:  # not chained: the cause may not unpickle on the client
@@ -125,9 +131,9 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     core_slc = block.core_in_extended
     core = labels[core_slc]
     if task.method.output() is Output.CLASSES:
-        return _segment_classes(task, extended, core, t0)
-    rule = task.method.stitch_rule(core.ndim)
-    core = rule.fragments(core)
+        return _segment_classes(task, view, extended, core, t0)
+    rule = task.method.stitch_rule(core.ndim - b)
+    core = rule.fragments(core[(0,) * b])[(None,) * b]
     where = np.flatnonzero(core)  # the core's labelled voxels, in raster order
     old_ids = core.ravel()[where]
     lut, n, k = _renumber(core, old_ids, grid.shared_faces(block.index), task.min_size)
@@ -140,7 +146,7 @@ def segment_block(task: SegmentTask) -> BlockSummary:
     ids = lut[old_ids]
     if not ids.all():  # small interior fragments were dropped
         where, ids = where[ids > 0], ids[ids > 0]
-    partials = measure.voxel_partials(where, ids, core.shape, _channels(task, extended), block.origin, n,
+    partials = measure.voxel_partials(where, ids, core.shape, _channels(task, view, extended), block.origin, n,
                                       task.extras)
     if task.parent is not None:
         partials.update(measure.contingency(ids.astype(np.int64) - 1, _parent_ids(task, where)))
@@ -184,11 +190,20 @@ def _read(view: ImageView, region: tuple[slice, ...], attempts: int = 3) -> np.n
     raise OSError(f"{why} (tried {attempts} times)")
 
 
-def _channels(task: SegmentTask, extended: np.ndarray) -> np.ndarray:
+def _frame(task: SegmentTask) -> tuple[ImageView, int]:
+    """The view of the block's timepoint and the number of batch axes before the spatial ones in the task's
+    regions (1 in a time-lapse job, whose t is a batch axis of the grid: the image is read, and the method
+    run, on the spatial axes of one timepoint; the arrays written have the t axis)."""
+    b = task.grid.batch
+    return (task.view.at_timepoint(task.block.core[0].start), b) if b else (task.view, 0)
+
+
+def _channels(task: SegmentTask, view: ImageView, extended: np.ndarray) -> np.ndarray:
     """The core's intensities, (C, *core shape), for the statistics."""
-    if task.view.measures_segmented_channel:
+    if view.measures_segmented_channel:
         return extended[task.block.core_in_extended][None]
-    return task.view.read_channels(task.block.core)
+    b = task.grid.batch
+    return view.read_channels(task.block.core[b:])[(slice(None),) + (None,) * b]
 
 
 def _parent_ids(task: SegmentTask, where: np.ndarray) -> np.ndarray:
@@ -196,7 +211,8 @@ def _parent_ids(task: SegmentTask, where: np.ndarray) -> np.ndarray:
     return np.asarray(open_array(*task.parent)[task.block.core]).ravel()[where]
 
 
-def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarray, t0: float) -> BlockSummary:
+def _segment_classes(task: SegmentTask, view: ImageView, extended: np.ndarray, classes: np.ndarray,
+                     t0: float) -> BlockSummary:
     """A semantic class map: class numbers are the final ids, so the core is written as it is; the per-class
     statistics (of the classes present, in order) go to the work folder and their counts back
     (fragments 1..m = classes 1..m, m the block's largest class)."""
@@ -209,7 +225,7 @@ def _segment_classes(task: SegmentTask, extended: np.ndarray, classes: np.ndarra
     open_array(task.files.fragments, "", 3, mode="r+")[block.core] = classes.astype(np.uint32)
     lut = np.zeros(m + 1, np.uint32)
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
-    partials = measure.block_partials(lut[classes], _channels(task, extended), block.origin, present.size,
+    partials = measure.block_partials(lut[classes], _channels(task, view, extended), block.origin, present.size,
                                       task.extras)
     if task.parent is not None:
         where = np.flatnonzero(classes)

@@ -74,11 +74,12 @@ def touch_edges(task: TouchTask) -> np.ndarray:
     least) those whose voxel before the face, and whose smaller lateral coordinates, lie in its cores: so every
     contact is found by some group, within its read."""
     group, grid = task.group, task.group.grid
-    region = tuple(slice(s.start, min(s.stop + 1, n)) for s, n in zip(group.core, grid.shape))
+    region = tuple(slice(s.start, min(s.stop + (d >= grid.batch), n))  # no faces across batch axes (time)
+                   for d, (s, n) in enumerate(zip(group.core, grid.shape)))
     fragments = open_array(task.files.fragments, "", 3)
     whole = None if math.prod(np.subtract(group.hi, group.lo)) == 1 else np.asarray(fragments[region])
     sides = {}  # axis -> (face positions, the planes before them, the planes after them)
-    for d in range(len(grid.shape)):
+    for d in range(grid.batch, len(grid.shape)):
         planes = np.arange(group.lo[d] + 1, group.hi[d] + 1) * grid.block_shape[d]  # the faces' positions
         planes = planes[planes < grid.shape[d]]
         if planes.size == 0:
@@ -103,7 +104,8 @@ class _FragmentKeys:
 
     def __init__(self, group: BlockGroup, origin: tuple[int, ...], n_ids: int):
         self.group, self.origin, self.n_ids = group, origin, n_ids
-        self.box = tuple(h - lo + 1 for lo, h in zip(group.lo, group.hi))  # the group's blocks and the next ones
+        self.box = tuple(h - lo + (d >= group.grid.batch)  # the group's blocks and the next ones (not in time)
+                         for d, (lo, h) in enumerate(zip(group.lo, group.hi)))
         self.n_keys = math.prod(self.box) * n_ids
 
     def of(self, ids: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ class Touch(StitchRule):
         # a voxel on the two sides of one of its faces)
         tasks = [TouchTask(group, files, self.connectivity) for group in grid.groups(group_voxels())
                  if any(boundary[b.id] or boundary[grid.flat_id(_next(b.index, axis))]
-                        for b in group.blocks() for axis in range(len(b.index))
+                        for b in group.blocks() for axis in range(grid.batch, len(b.index))
                         if b.index[axis] + 1 < grid.grid_shape[axis])]
         return touch_edges, tasks
 

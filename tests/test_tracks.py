@@ -250,3 +250,22 @@ def test_tracking_refuses_one_timepoint_and_a_unit_the_image_lacks():
     with pytest.raises(ParameterError, match="track.max_distance"):
         tracks.Tracking(max_distance="8um").distance(VoxelSize((1.0, 1.0), (None, None)))
     assert tracks.Tracking(max_distance=4).distance(voxel_size(2)) == 2.0  # 4 voxels along x of 0.5 um
+
+
+def test_track_ids_stay_unique_when_the_newest_track_ends_before_an_older_one(client, tmp_path):
+    """A still disc (frames 0-3), a disc seen at frame 1 only, and a disc far from both appearing at frame 3:
+    the last gets a new track id, not the ended track's."""
+    yy, xx = np.mgrid[:64, :96]
+    truth = np.zeros((4, 64, 96), np.uint32)
+    next_id = 1
+    for t, centres in enumerate([[(16, 16)], [(16, 16), (48, 80)], [(16, 16)], [(16, 16), (48, 20)]]):
+        for cy, cx in centres:
+            truth[t][(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] = next_id
+            next_id += 1
+    result = track(client, tmp_path, "ids", write_labels(tmp_path / "ids.zarr", truth), truth, (32, 32),
+                   tracks.Tracking(max_distance="4um"))
+    got = result["tracks"]
+    assert got.track_id.tolist() == [1, 2, 3] and got.length.tolist() == [4, 1, 1]
+    assert got.t_start.tolist() == [0, 1, 3]
+    table = result["table"].set_index("label")
+    assert table.track_id.to_dict() == {1: 1, 2: 1, 3: 2, 4: 1, 5: 1, 6: 3}

@@ -39,6 +39,10 @@ class LabelTarget:
         return store.join(self.url, "measurements.parquet")
 
     @property
+    def tracks_url(self) -> str:
+        return store.join(self.url, "tracks.parquet")
+
+    @property
     def qc_url(self) -> str:
         return store.join(self.url, "qc.png")
 
@@ -119,37 +123,45 @@ def start(target: LabelTarget) -> None:
         raise OutputError(f"cannot write to {target.url}: {err.strerror or err}") from None
 
 
-def create_levels(target: LabelTarget, view: ImageView, dtype: np.dtype) -> list[zarr.Array]:
+def create_levels(target: LabelTarget, view: ImageView, dtype: np.dtype, time: bool = False) -> list[zarr.Array]:
     """Empty pyramid levels, one per image level from the segmented one down, chunked like the image (a
-    resumed job keeps the levels it had already created)."""
+    resumed job keeps the levels it had already created); with ``time``, the image's t axis first (one
+    timepoint a chunk)."""
     group = open_group(target.url, mode="r+", zarr_format=target.zarr_format)
     arrays = []
-    axes = list(view.image.spatial_axes)
+    axes = ["t"] * time + list(view.image.spatial_axes)
     for i, level in enumerate(range(view.level, len(view.image.levels))):
         lv = view.at_level(level)
-        chunks = tuple(min(c, s) for c, s in zip(lv.chunks, lv.shape))
-        kwargs = dict(name=target.level_path(i), shape=lv.shape, chunks=chunks, dtype=dtype, fill_value=0)
+        shape = (view.image.size("t"),) * time + lv.shape
+        chunks = (1,) * time + tuple(min(c, s) for c, s in zip(lv.chunks, lv.shape))
+        kwargs = dict(name=target.level_path(i), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
         if target.zarr_format == 2:
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         else:
             kwargs["dimension_names"] = axes
         existing = group.get(kwargs["name"])
-        if existing is not None and existing.shape == lv.shape and existing.dtype == dtype:
+        if existing is not None and existing.shape == shape and existing.dtype == dtype:
             arrays.append(existing)
         else:
             arrays.append(group.create_array(**kwargs, overwrite=True))
     return arrays
 
 
-def finalize(target: LabelTarget, view: ImageView, n_levels: int, extra: dict | None = None) -> None:
-    """Write the OME metadata that makes the label image visible; the last write of a job."""
+def finalize(target: LabelTarget, view: ImageView, n_levels: int, extra: dict | None = None,
+             time: bool = False) -> None:
+    """Write the OME metadata that makes the label image visible; the last write of a job. With ``time``, the
+    levels have the image's t axis first (and its scale and translation)."""
     image = view.image
-    axes = [a.to_json() for a in image.axes if a.name in image.spatial_axes]
+    axes = [a.to_json() for a in image.axes if a.name in image.spatial_axes or (time and a.name == "t")]
+    t = image.axis_names.index("t") if time else None
     datasets = []
     for i in range(n_levels):
         lv = image.view(view.level + i, view.channel, view.timepoint)
+        level = image.levels[view.level + i]
+        scale = ([level.scale[t]] if time else []) + list(lv.scale)
+        translation = ([level.translation[t]] if time else []) + list(lv.translation)
         datasets.append({"path": target.level_path(i), "coordinateTransformations": [
-            {"type": "scale", "scale": list(lv.scale)}, {"type": "translation", "translation": list(lv.translation)}]})
+            {"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]})
     multiscale = {"name": target.name, "axes": axes, "datasets": datasets, "type": "nearest"}
     source = "../../" if target.in_image else target.image_url
     image_label = {"source": {"image": source}}

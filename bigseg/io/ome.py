@@ -102,6 +102,10 @@ class ImageView:
         """The same channel (or stain) and timepoint at another level."""
         return replace(self, level=level)
 
+    def at_timepoint(self, timepoint: int) -> "ImageView":
+        """The same level and channel (or stain) at another timepoint."""
+        return replace(self, timepoint=timepoint)
+
     def finest_level(self, max_voxels: int) -> "ImageView":
         """This view at the finest level, at or below its own, with at most ``max_voxels`` voxels (else the
         coarsest level)."""

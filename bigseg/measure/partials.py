@@ -240,6 +240,16 @@ def extras_of(partials: dict) -> Extras:
                   "contingency_row" in partials)
 
 
+def split_batch(partials: dict, k: int) -> tuple[np.ndarray, dict]:
+    """Of objects that each lie at one position along the first ``k`` axes (a time-lapse's t, a batch axis of
+    the blocks): those positions (objects x k) and the partials of the other axes alone."""
+    ndim = partials["coord_sum"].shape[1]
+    out = {**partials, **{key: partials[key][:, k:] for key in ("coord_sum", "bbox_min", "bbox_max")}}
+    if "coord_m2" in partials:
+        out["coord_m2"] = partials["coord_m2"][:, [i for i, (a, _) in enumerate(pairs(ndim)) if a >= k]]
+    return partials["bbox_min"][:, :k], out
+
+
 def empty_partials(ndim: int, n_channels: int, extras: Extras = Extras()) -> dict:
     out = {"count": np.zeros(0, np.int64), "coord_sum": np.zeros((0, ndim)),
            "bbox_min": np.zeros((0, ndim), np.int64), "bbox_max": np.zeros((0, ndim), np.int64),

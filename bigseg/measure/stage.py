@@ -44,10 +44,18 @@ class TableArgs:
     extras: partials.Extras = partials.Extras()
     #: the parent label image's name (its columns: parent_<name>, parent_<name>_overlap)
     parent: str | None = None
+    #: axes of the partials before the spatial ones (a time-lapse's t: each object lies at one timepoint,
+    #: the table's ``t`` column)
+    batch: int = 0
 
     def table(self, merged: dict, labels: np.ndarray, blocks: np.ndarray):
-        return columns.table(merged, labels, blocks, self.scale, self.translation, self.shape,
-                             list(self.channel_names), self.parent)
+        if self.batch:
+            where, merged = partials.split_batch(merged, self.batch)
+        df = columns.table(merged, labels, blocks, self.scale, self.translation, self.shape,
+                           list(self.channel_names), self.parent)
+        if self.batch:
+            df.insert(1, "t", where[:, 0])
+        return df
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def merge_objects(task: MergeTask) -> int:
     else:  # no boundary objects at all: an empty part, which gives the table its columns
         present = blocks = np.zeros(0, np.int64)
         args = task.table_args
-        merged = partials.empty_partials(len(args.shape), len(args.channel_names), args.extras)
+        merged = partials.empty_partials(args.batch + len(args.shape), len(args.channel_names), args.extras)
     label = task.first_label + present
     if task.table_args is None:
         store.save_arrays(task.out_url, {**merged, "label": label, "blocks": blocks})

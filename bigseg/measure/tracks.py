@@ -77,12 +77,13 @@ class Tracking(BaseModel):
 
 @dataclass(frozen=True)
 class OverlapTask:
-    """The contingency of frames ``frame`` and ``frame + 1`` of a label array over one block core."""
+    """The contingency of frames ``frame`` and ``frame + gap`` of a label array over one block core."""
 
     labels: tuple[str, str, int]  # url, path, zarr format of the label array (t, (z,) y, x), level 0
     frame: int                    # index along the array's t axis
     region: tuple[slice, ...]     # the block's core (spatial axes)
     out_url: str                  # .npz
+    gap: int = 1                  # the next frame's index along the t axis, less ``frame``
 
 
 @dataclass(frozen=True)
@@ -123,20 +124,23 @@ def frame_url(frames_url: str, frame: int) -> str:
 
 def plan(labels: tuple[str, str, int], regions: list[tuple[slice, ...]], frame_t: tuple[float, ...],
          parts: list[str], voxel_size: VoxelSize, t_scale: float, params: Tracking, work_url: str,
-         tracks_url: str) -> list[list]:
+         tracks_url: str, frames: tuple[int, ...] | None = None) -> list[list]:
     """The tasks of the four steps, one list per step (a step reads what the steps before it wrote).
 
     ``labels`` is the label array (level 0) with its t axis first; ``regions`` the block cores that cover
     every object voxel (blocks known to hold only background may be left out); ``frame_t`` the table's ``t``
-    of each frame along the array's t axis; ``parts`` the table's parts (each row has ``t`` and ``label``).
+    of each frame; ``frames`` each frame's index along the array's t axis, increasing (default: 0, 1, ...;
+    e.g. the selected timepoints of a label image that has every timepoint of its image); ``parts`` the
+    table's parts (each row has ``t`` and ``label``).
     """
     if len(frame_t) < 2:
         raise ParameterError(f"track: the label image has {len(frame_t)} timepoint; tracking links objects "
                              "between timepoints: select 2 or more (timepoints) or turn tracking off")
     distance = params.distance(voxel_size)
     pairs = range(len(frame_t) - 1)
-    overlaps = [[OverlapTask(labels, i, tuple(region), store.join(work_url, f"overlap-{i:09d}-{b:09d}.npz"))
-                 for b, region in enumerate(regions)] for i in pairs]
+    frames = tuple(range(len(frame_t))) if frames is None else tuple(frames)
+    overlaps = [[OverlapTask(labels, frames[i], tuple(region), store.join(work_url, f"overlap-{i:09d}-{b:09d}.npz"),
+                             frames[i + 1] - frames[i]) for b, region in enumerate(regions)] for i in pairs]
     link_tasks = [LinkTask(tuple(o.out_url for o in overlaps[i]), tuple(voxel_size.spacing), params.min_overlap,
                            params.division_overlap, distance, store.join(work_url, f"links-{i:09d}.npz"))
                   for i in pairs]
@@ -158,7 +162,7 @@ def block_overlap(task: OverlapTask) -> int:
     number of overlapping label pairs."""
     arr = open_array(*task.labels)
     first = np.asarray(arr[(task.frame, *task.region)])
-    second = np.asarray(arr[(task.frame + 1, *task.region)])
+    second = np.asarray(arr[(task.frame + task.gap, *task.region)])
     out = overlap_arrays(first, second, tuple(r.start for r in task.region))
     store.save_arrays(task.out_url, out)
     return int(out["count"].size)
@@ -344,15 +348,16 @@ def assign_tracks(task: AssignTask) -> int:
     """Write each frame's track ids and the tracks table; returns the number of tracks."""
     frame_t = np.asarray(task.frame_t, float)
     ended: list[dict[str, np.ndarray]] = []
-    parts = 0
+    parts = n_tracks = 0
     tracks = None
     for i, links in enumerate(store.iter_arrays(list(task.links), batch=1)):
         if tracks is None:  # frame 0: a track per object
-            n = links["labels_0"].size
-            tracks = _OpenTracks(links["labels_0"], np.arange(1, n + 1, dtype=np.int64), np.zeros(n, np.int64),
-                                 np.zeros(n, np.int64), np.zeros(n))
+            n_tracks = links["labels_0"].size
+            tracks = _OpenTracks(links["labels_0"], np.arange(1, n_tracks + 1, dtype=np.int64),
+                                 np.zeros(n_tracks, np.int64), np.zeros(n_tracks, np.int64), np.zeros(n_tracks))
         _save_frame(task.frames_url, i, tracks)
-        tracks, done = _advance(tracks, links, i + 1)
+        tracks, done = _advance(tracks, links, i + 1, n_tracks + 1)
+        n_tracks = max(n_tracks, int(tracks.track.max(initial=0)))  # new tracks got the next ids
         ended.append(done)
         if sum(e["track_id"].size for e in ended) >= TRACKS_PER_PART:
             parts = _write_tracks(task, ended, i, frame_t, parts)
@@ -361,12 +366,13 @@ def assign_tracks(task: AssignTask) -> int:
     _save_frame(task.frames_url, last, tracks)
     ended.append(tracks.take(np.arange(tracks.labels.size)))
     _write_tracks(task, ended, last, frame_t, parts)
-    return int(tracks.track.max(initial=0))
+    return n_tracks
 
 
-def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int
+def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int, first_new: int
              ) -> tuple[_OpenTracks, dict[str, np.ndarray]]:
-    """The tracks through ``frame`` (from the links into it) and those that ended at the frame before."""
+    """The tracks through ``frame`` (from the links into it; new ones numbered from ``first_new``, in the
+    order of their labels) and those that ended at the frame before."""
     labels = links["labels_1"]
     linked = links["predecessor"] != 0
     previous = np.searchsorted(tracks.labels, links["predecessor"])
@@ -374,7 +380,6 @@ def _advance(tracks: _OpenTracks, links: dict[str, np.ndarray], frame: int
     goes_on = linked.copy()
     goes_on[linked] = successors[previous[linked]] == 1
     daughter = linked & ~goes_on
-    first_new = int(tracks.track.max(initial=0)) + 1  # ids follow the order of (frame, label)
     track = np.zeros(labels.size, np.int64)
     track[goes_on] = tracks.track[previous[goes_on]]
     track[~goes_on] = np.arange(first_new, first_new + int((~goes_on).sum()))

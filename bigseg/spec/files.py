@@ -12,13 +12,15 @@ from bigseg.spec.job import SPEC_VERSION, JobSpec
 
 #: ``segment(image, method, name, **kwargs)`` keywords that are not method parameters: where they go.
 KEYWORDS = {"level": ("input", "level"), "channel": ("input", "channel"), "timepoint": ("input", "timepoint"),
-            "stain": ("input", "stain"),
+            "timepoints": ("input", "timepoints"), "stain": ("input", "stain"),
             "block": ("blocks", "shape"), "halo": ("blocks", "halo"), "iou_threshold": ("stitch", "iou_threshold"),
             "output": ("output", "url"), "overwrite": ("output", "overwrite"),
             "skip_background": ("foreground", "skip_background"), "foreground_threshold": ("foreground", "threshold"),
             "mask": ("foreground", "mask"), "features": ("measure", "features"), "channels": ("measure", "channels"),
             "colocalization_thresholds": ("measure", "colocalization_thresholds"), "parent": ("measure", "parent"),
-            "neighbour_radius": ("measure", "neighbour_radius"), "skip_bad_blocks": ("options", "skip_bad_blocks"),
+            "neighbour_radius": ("measure", "neighbour_radius"), "track": ("track", "enabled"),
+            "track_min_overlap": ("track", "min_overlap"), "track_division_overlap": ("track", "division_overlap"),
+            "track_max_distance": ("track", "max_distance"), "skip_bad_blocks": ("options", "skip_bad_blocks"),
             "keep_work": ("options", "keep_work")}
 
 

@@ -7,11 +7,13 @@ The CLI flags, a job file (YAML or JSON), the Python API and the HTTP API are fo
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from bigseg.io.colour import Stain
+from bigseg.measure.tracks import Tracking
 from bigseg.methods import METHODS, Method
 from bigseg.methods.base import Lengths, PositiveLength, describe, length_help
 from bigseg.methods.watershed import Watershed
@@ -31,6 +33,34 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: ``input.timepoints`` as text: all of them, or start:stop (stop excluded; either may be left out) with an
+#: optional :step.
+TIMEPOINT_RANGE = re.compile(r"all|\d*:\d*(:[1-9]\d*)?")
+
+
+def _timepoints(value):
+    """``5`` is short for ``[5]`` and ``"0,5,9"`` for ``[0, 5, 9]``; a list is sorted; ``all`` and
+    ``start:stop[:step]`` are kept as text (resolved against the image's timepoints when the job is planned)."""
+    given = value
+    if isinstance(value, str):
+        if TIMEPOINT_RANGE.fullmatch(value.replace(" ", "")):
+            return value.replace(" ", "")
+        value = value.split(",")
+    points = [_timepoint(v) for v in value] if isinstance(value, (list, tuple, range)) else [_timepoint(value)]
+    if not points or None in points:
+        raise ValueError(f"'{given}' is not all, start:stop or a list of timepoints (0 or more), e.g. 0:10 or 0,5,9")
+    if len(set(points)) != len(points):
+        raise ValueError("names a timepoint twice; give each once, e.g. 0,5,9")
+    return sorted(points)
+
+
+def _timepoint(value) -> int | None:
+    """A timepoint (an integer 0 or more, or its digits), else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class InputSpec(Section):
     """Which image, and which part of it."""
 
@@ -38,6 +68,10 @@ class InputSpec(Section):
     level: int = describe("resolution level to segment", default=0, ge=0)
     channel: int | None = describe("channel to segment (default 0)", default=None, ge=0)
     timepoint: int | None = describe("timepoint to segment (default 0)", default=None, ge=0)
+    timepoints: Annotated[str | list[int], BeforeValidator(_timepoints)] | None = describe(
+        "a time-lapse: the timepoints to segment (all, start:stop with stop excluded, or a list, e.g. 0,5,9), each "
+        "with the same job-wide values (from the first of them), into one label image with a t axis and one "
+        "table with a t column", default=None)
     stain: Stain | None = describe("for an RGB(A) uint8 image (brightfield, H&E): segment this stain's "
                                    "concentration (colour deconvolution of R, G, B) instead of a channel",
                                    default=None)
@@ -47,6 +81,9 @@ class InputSpec(Section):
         if self.stain is not None and self.channel is not None:
             raise ValueError("channel and stain exclude each other (the stain is computed from the R, G, B "
                              "channels); leave input.channel unset")
+        if self.timepoint is not None and self.timepoints is not None:
+            raise ValueError("timepoint and timepoints exclude each other (one timepoint, or a time-lapse of "
+                             "several); give one of them")
         return self
 
 
@@ -130,6 +167,20 @@ class MeasureSpec(Section):
         return self
 
 
+class TrackSpec(Tracking):
+    """Tracking: objects of a time-lapse job linked between consecutive timepoints."""
+
+    enabled: bool = describe(
+        "link each object to the object it continues at the previous timepoint (input.timepoints, 2 or more): "
+        "track_id and parent_track_id (the track that divided into this one) columns in the table, and a tracks "
+        "table (labels/NAME/tracks.parquet: start, end, length, mean speed)", default=False)
+
+
+def _track_enabled(value):
+    """``track: true`` is short for ``track: {enabled: true}``."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 class OptionsSpec(Section):
     skip_bad_blocks: bool = describe("leave blocks whose input cannot be read unlabelled (and report them) "
                                      "instead of failing", default=False)
@@ -167,6 +218,7 @@ class JobSpec(Section):
     output: OutputSpec = Field(default_factory=OutputSpec)
     foreground: ForegroundSpec = Field(default_factory=ForegroundSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    track: Annotated[TrackSpec, BeforeValidator(_track_enabled)] = Field(default_factory=TrackSpec)
     options: OptionsSpec = Field(default_factory=OptionsSpec)
 
     @field_validator("method", mode="wrap")
