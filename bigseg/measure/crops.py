@@ -73,11 +73,13 @@ class CropTask:
     block_shape: tuple[int, ...]
     spacing: tuple[float, ...]
     max_voxels: int
+    #: leading axes of the label array before the spatial ones (a time-lapse's t: the part's ``t`` column)
+    batch: int = 0
 
 
 def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: int, shape: tuple[int, ...],
                block_shape: tuple[int, ...], spacing: tuple[float, ...],
-               max_voxels: int | None = None) -> list[list[CropTask]]:
+               max_voxels: int | None = None, batch: int = 0) -> list[list[CropTask]]:
     """The pass's tasks, one per part of the table folder ``parts_url`` (from its file names only), in one step.
     ``max_voxels``: :func:`crop_voxels` when not given."""
     if not len(shape) == len(block_shape) == len(spacing) or len(shape) not in CROP_COLUMNS:
@@ -86,7 +88,7 @@ def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: in
     bound = crop_voxels() if max_voxels is None else int(max_voxels)
     names = sorted(n for n in store.children(parts_url) if n.endswith(".parquet"))
     return [[CropTask(store.join(parts_url, n), labels_url, level_path, zarr_format, tuple(map(int, shape)),
-                      tuple(map(int, block_shape)), tuple(map(float, spacing)), bound) for n in names]]
+                      tuple(map(int, block_shape)), tuple(map(float, spacing)), bound, batch) for n in names]]
 
 
 def measure_crops(task: CropTask) -> int:
@@ -108,12 +110,13 @@ def measure_crops(task: CropTask) -> int:
     columns.update({k: np.full(len(df), np.nan) for k in SHAPE_COLUMNS[ndim]})
     too_large = box > task.max_voxels
     array = open_array(task.labels_url, task.level_path, task.zarr_format)
-    for rows, lo, hi in crop_reads(bbox_min, bbox_max, np.flatnonzero(~too_large), task.shape, task.block_shape,
-                                   task.max_voxels):
-        region = np.asarray(array[tuple(slice(a, b) for a, b in zip(lo, hi))])
-        values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
-        for k, v in values.items():
-            columns[k][rows] = v
+    for prefix, subset in _frames(df, task.batch):
+        for rows, lo, hi in crop_reads(bbox_min, bbox_max, subset[~too_large[subset]], task.shape,
+                                       task.block_shape, task.max_voxels):
+            region = np.asarray(array[prefix + tuple(slice(a, b) for a, b in zip(lo, hi))])
+            values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
+            for k, v in values.items():
+                columns[k][rows] = v
     for k in CROP_COLUMNS[ndim]:
         df[k] = columns[k]
     table_io.write_part(df, task.part_url)
@@ -128,6 +131,14 @@ def too_large_message(n: int, max_voxels: int) -> str:
 
 def _box_voxels(bbox_min: np.ndarray, bbox_max: np.ndarray) -> np.ndarray:
     return np.prod(np.asarray(bbox_max, np.int64) - np.asarray(bbox_min, np.int64), axis=1)
+
+
+def _frames(df, batch: int):
+    """(index prefix into the label array, rows) per timepoint of a time-lapse's part; one group otherwise."""
+    if not batch:
+        return [((), np.arange(len(df)))]
+    t = df["t"].to_numpy()
+    return [((int(v),), np.flatnonzero(t == v)) for v in np.unique(t)]
 
 
 def crop_reads(bbox_min: np.ndarray, bbox_max: np.ndarray, rows: np.ndarray, shape: tuple[int, ...],
