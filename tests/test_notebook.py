@@ -35,3 +35,17 @@ def test_wholeslide_notebook_previews_dry_runs_segments_and_plots(tmp_path):
     meta = zarr.open_group(str(labels), mode="r").attrs["bigseg"]
     assert meta["blocks_background"] > 0  # glass blocks were skipped
     assert len(pd.read_parquet(labels / "measurements.parquet")) == meta["objects"] > 1000
+
+
+@pytest.mark.slow
+def test_analysis_notebook_measures_foci_per_nucleus_colocalization_neighbours_and_tracks(tmp_path):
+    import pandas as pd
+    pictures = _execute("analysis.ipynb", tmp_path)
+    assert len(pictures) == 4  # size and shape, foci/colocalization/neighbours, foci over nuclei, tracks
+    labels = tmp_path / "analysis-demo.zarr" / "labels"
+    nuclei = pd.read_parquet(labels / "nuclei" / "measurements.parquet")
+    foci = pd.read_parquet(labels / "foci" / "measurements.parquet")
+    assert nuclei["n_foci"].sum() == (foci["parent_nuclei"] > 0).sum() > 500
+    assert {"solidity", "pearson_c0_c2", "nearest_neighbour_distance"} <= set(nuclei.columns)
+    tracks = pd.read_parquet(tmp_path / "analysis-movie.zarr" / "labels" / "nuclei" / "tracks.parquet")
+    assert len(tracks) > 20 and (tracks["length"] > 5).sum() > 10
