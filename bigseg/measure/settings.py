@@ -66,8 +66,11 @@ def measure_plan(settings, view) -> MeasurePlan:
     if "neighbours" in features:
         radius = _physical(settings.neighbour_radius, view)
     parent = None if settings.parent is None else _parent_array(settings.parent, view)
+    if settings.crops and "shape" not in features:
+        raise ParameterError("measure.crops: the crop pass measures shape; add shape to measure.features")
+    crops = "shape" in features and settings.crops is not False
     return MeasurePlan(Extras(moments="shape" in features, thresholds=thresholds, parent=parent is not None),
-                       "shape" in features, radius, settings.parent, parent)
+                       crops, radius, settings.parent, parent)
 
 
 def _parent_array(name: str, view) -> tuple[str, str, int]:

@@ -144,6 +144,10 @@ class MeasureSpec(Section):
         "crop: solidity, extent, perimeter or surface area, circularity or sphericity), colocalization "
         "(Pearson's r and Manders' M1/M2 of each pair of measured channels; 2 or more), neighbours "
         "(nearest-neighbour distance, neighbours within neighbour_radius, touching objects)", default_factory=list)
+    crops: bool | None = describe(
+        "with shape: the crop pass too (solidity, extent, equivalent diameter, perimeter or surface area, "
+        "circularity or sphericity: each object's crop read once; the costly part of the table); off: the "
+        "second-moment columns only; default: on", default=None)
     channels: list[Annotated[int, Field(ge=0)]] | None = describe(
         "the channels measured (intensity and colocalization columns); default: all (R, G, B and the stains "
         "of an RGB image)", default=None)
