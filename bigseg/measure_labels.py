@@ -91,6 +91,9 @@ def plan(image_url: str, labels: str, settings, n_workers: int, block=None) -> L
                          "its label images (IMAGE/labels/NAME)")
     labels_url = store.join(image.url, "labels", labels)
     label_image = open_image(labels_url)
+    if "t" in label_image.axis_names:
+        raise InputError(f"{labels_url} has a t axis; bigseg measure takes spatial label images for now: segment "
+                         "the movie with --timepoints (its table measures every timepoint)")
     lview = label_image.view(0)
     dtype = np.dtype(label_image.levels[0].dtype)
     if dtype.kind not in "iu":
@@ -127,7 +130,7 @@ def block_partials(task: PartialsTask) -> tuple[int, int, int, np.ndarray]:
     where = np.flatnonzero(flat)
     ids, local = np.unique(flat[where], return_inverse=True)
     part = partials.voxel_partials(where, local.astype(np.int64) + 1, labels.shape,
-                                   _intensities(p.view, block, labels), block.origin, ids.size, p.measure.extras)
+                                   p.view.read_channels(block.core), block.origin, ids.size, p.measure.extras)
     if p.measure.parent_array is not None:
         parents = np.asarray(open_array(*p.measure.parent_array)[block.core]).ravel()[where]
         part.update(partials.contingency(local.astype(np.int64), parents))
@@ -135,10 +138,6 @@ def block_partials(task: PartialsTask) -> tuple[int, int, int, np.ndarray]:
     sample = ids[np.linspace(0, ids.size - 1, min(SAMPLE_IDS, ids.size)).astype(int)] if ids.size else ids
     return int(ids.size), int(ids[0]) if ids.size else 0, int(ids[-1]) if ids.size else 0, \
         sample.astype(np.uint64)
-
-
-def _intensities(view: ImageView, block, labels: np.ndarray) -> np.ndarray:
-    return view.read_channels(block.core).reshape((-1,) + labels.shape)
 
 
 def merge_range(task: MergeTask) -> int:
