@@ -424,7 +424,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     ap.add_argument("--cases", default=",".join(CASES), help="letters or names, e.g. a,b or stardist-2d")
     ap.add_argument("--workers", type=int, default=2)
-X
+    ap.add_argument("--stardist-block", type=int, help="predict_instances_big's block_size in cases a and g")
     ap.add_argument("--dir", default="/tmp/bigseg-wholeslide")
     args = ap.parse_args()
     cases = chosen_cases(args.cases)
