@@ -52,11 +52,15 @@ def finer_grids(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int
 
 def makespan(grid: "BlockGrid", active: np.ndarray | None, n_workers: int) -> float:
     """The segment stage's length in voxels of work, when only the ``active`` blocks are segmented: each block
-    costs its extended region and :data:`TASK_VOXELS`; the workers share the total, and the largest block
-    ends last (a list-scheduling bound)."""
-    costs = [math.prod(s.stop - s.start for s in b.extended) + TASK_VOXELS
-             for b in grid if active is None or active[b.id]]
-    return sum(costs) / max(n_workers, 1) + max(costs, default=0)
+    costs its extended region and :data:`TASK_VOXELS`, handed largest first to the least loaded worker (as the
+    scheduler's queue plays out for blocks of a few sizes)."""
+    import heapq
+    costs = sorted((math.prod(s.stop - s.start for s in b.extended) + TASK_VOXELS
+                    for b in grid if active is None or active[b.id]), reverse=True)
+    loads = [0.0] * max(n_workers, 1)
+    for cost in costs:
+        heapq.heapreplace(loads, loads[0] + cost)
+    return max(loads)
 
 
 def group_voxels() -> int:
