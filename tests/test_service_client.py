@@ -226,10 +226,11 @@ def test_cli_cancels_a_queued_and_a_running_job_and_retries_one(start_server, tm
         service.wait(running, "running", check=lambda j: j["progress"]["stage"] == "segment")
         assert client.job(queued).status == "queued"  # one runner: the second job waits
 
-        stopping = cli("cancel", running, "--server", url, f"--token={tok}")
-        assert stopping.returncode == 0 and stopping.stdout.split()[2] in ("canceling", "canceled")
+        # the queued one first: once the running one is canceled, the freed runner may start the queued one
         gone = cli("cancel", queued, "--server", url, f"--token={tok}")
         assert gone.returncode == 0 and gone.stdout.strip() == f"job {queued} canceled (attempt 1)"
+        stopping = cli("cancel", running, "--server", url, f"--token={tok}")
+        assert stopping.returncode == 0 and stopping.stdout.split()[2] in ("canceling", "canceled")
         out, err = waiting.communicate(timeout=90)
     finally:
         if waiting.poll() is None:
