@@ -56,7 +56,7 @@ def validation_message(err, model=None, prefix: str = "") -> str:
                          f"{e['ctx']['expected_tags'].replace(chr(39), '')}")
         else:
             msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            parts.append(f"{where}: {msg}")
+            parts.append(f"{where}: {msg}" if where else msg)  # a whole-job rule names its fields itself
     return "; ".join(parts)
 
 

@@ -93,6 +93,7 @@ def test_measured_channels_and_given_thresholds(client, tmp_path):
     (["--features", "colocalization"], "colocalization needs 2 or more measured channels"),
     (["--channels", "3"], "not channel 3"),
     (["--parent", "cells"], "has no label image 'cells'"),
+    (["--name", "cells", "--parent", "cells"], "is the label image this job writes"),
     (["--features", "shape", "--colocalization-thresholds", "5"], "given without the colocalization feature"),
 ])
 def test_bad_measurement_settings_are_one_line_errors(tmp_path, capsys, flags, message):

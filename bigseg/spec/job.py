@@ -225,6 +225,13 @@ class JobSpec(Section):
     track: Annotated[TrackSpec, BeforeValidator(_track_enabled)] = Field(default_factory=TrackSpec)
     options: OptionsSpec = Field(default_factory=OptionsSpec)
 
+    @model_validator(mode="after")
+    def _parent_is_another_label_image(self):
+        if self.measure.parent is not None and self.measure.parent == self.label_name:
+            raise ValueError(f"measure.parent: '{self.measure.parent}' is the label image this job writes; name "
+                             "another one (the parents, e.g. nuclei for foci)")
+        return self
+
     @field_validator("method", mode="wrap")
     @classmethod
     def _keep_method_instances(cls, value, handler):
