@@ -1,6 +1,7 @@
 """The block grid: core regions that tile the image, each read with a halo around it."""
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from dataclasses import dataclass
@@ -54,7 +55,6 @@ def makespan(grid: "BlockGrid", active: np.ndarray | None, n_workers: int) -> fl
     """The segment stage's length in voxels of work, when only the ``active`` blocks are segmented: each block
     costs its extended region and :data:`TASK_VOXELS`, handed largest first to the least loaded worker (as the
     scheduler's queue plays out for blocks of a few sizes)."""
-    import heapq
     costs = sorted((math.prod(s.stop - s.start for s in b.extended) + TASK_VOXELS
                     for b in grid if active is None or active[b.id]), reverse=True)
     loads = [0.0] * max(n_workers, 1)

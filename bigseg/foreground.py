@@ -83,12 +83,18 @@ class ForegroundMap:
     threshold: float | None
     grown: np.ndarray
 
-    def blocks(self, grid: BlockGrid) -> ForegroundMask:
-        """The mask's verdict on each block of ``grid``: kept when foreground lies in its core (or its halo)."""
+    def active(self, grid: BlockGrid) -> np.ndarray:
+        """Per block id of ``grid``: True when foreground lies in its core (or within its halo)."""
         active = np.zeros(len(grid), bool)
-        kept = np.zeros((len(grid), len(grid.shape), 2), np.int64)
         for block in grid:
             active[block.id] = bool(self.grown[self._low(block.core)].any())
+        return active
+
+    def blocks(self, grid: BlockGrid) -> ForegroundMask:
+        """The mask's verdict on each block of ``grid``: which are kept, and each kept one's labelled box."""
+        active = self.active(grid)
+        kept = np.zeros((len(grid), len(grid.shape), 2), np.int64)
+        for block in grid:
             if active[block.id]:
                 kept[block.id] = self._box(block.extended)
         return ForegroundMask(self.source, self.factor, self.threshold, active, kept)

@@ -222,7 +222,7 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
                                               dark=bool(getattr(method, "dark_objects", False)))
     if block is None and fmap is not None:  # default blocks, fine enough for the background to be skipped
         grid = min(finer_grids(view.shape, view.chunks, halo, budget, method.alignment(view.ndim), memory),
-                   key=lambda g: makespan(g, fmap.blocks(g).active, n_workers))
+                   key=lambda g: makespan(g, fmap.active(g), n_workers))  # boxes only for the chosen grid
     else:
         grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,

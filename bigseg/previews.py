@@ -113,17 +113,16 @@ def _method_labels(plan: Plan, window: tuple[slice, ...]) -> np.ndarray:
         raise InputError(f"{view.image.url}: cannot read {region_text(extended)} ({type(err).__name__}: {err}); "
                          "repair the image, or preview another region") from None
     labels = np.asarray(plan.method(data, view.voxel_size))[shift(window, _origin(extended))]
-    if plan.active is not None:  # as the job: 0 in background blocks and outside an active block's kept box
-        for block in plan.grid:
-            inside = intersect(block.core, window)
-            if inside is None:
-                continue
-            kept = plan.kept_region(block) if plan.active[block.id] else None
-            if not plan.active[block.id] or kept is not None:
-                part = np.ones(tuple(s.stop - s.start for s in inside), bool)
-                if kept is not None and intersect(kept, inside) is not None:
-                    part[shift(intersect(kept, inside), _origin(inside))] = False
-                labels[shift(inside, _origin(window))][part] = 0
+    if plan.active is not None:  # as the job: labels only in active blocks' cores, inside their kept boxes
+        labelled = np.zeros(labels.shape, bool)
+        for block in plan.active_blocks():
+            part = intersect(block.core, window)
+            kept = plan.kept_region(block)
+            if part is not None and kept is not None:
+                part = intersect(part, kept)
+            if part is not None:
+                labelled[shift(part, _origin(window))] = True
+        labels[~labelled] = 0
     return labels
 
 

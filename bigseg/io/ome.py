@@ -176,7 +176,7 @@ class ImageView:
     @property
     def measures_segmented_channel(self) -> bool:
         """The table measures the segmented intensities alone (a single-channel image, all of it measured)."""
-        return self.n_channels == 1 and self.measured is None and not self.stain
+        return self.n_channels == 1 and self.measured is None
 
     def index(self, region: tuple[slice, ...], channel: int | slice | None = None) -> tuple:
         """Full-array index for a spatial region; ``channel=None`` means the segmented channel."""
