@@ -26,8 +26,7 @@ from scipy import ndimage as ndi
 import bigseg.defaults  # noqa: F401 - bigseg.foreground-voxels
 from bigseg.blocks import BlockGrid
 from bigseg.errors import InputError
-from bigseg.io import store
-from bigseg.io.ome import ImageView, open_image
+from bigseg.io.ome import ImageView
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +158,7 @@ def _otsu(data: np.ndarray) -> float:
 def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...], str]:
     """An existing label image of the image as the mask: its finest level within :func:`mask_voxels` whose shape is
     the shape of one of the image's levels at or below the segmented one."""
-    url = store.join(view.image.url, "labels", name)
-    if name not in view.image.labels:
-        known = ", ".join(view.image.labels) or "none"
-        raise InputError(f"foreground.mask: {view.image.url} has no label image '{name}' (it has: {known}); "
-                         "name one of its label images, e.g. a tissue mask")
-    labels = open_image(url)
+    labels = view.image.label_image(name, "foreground.mask", "name one of its label images, e.g. a tissue mask")
     image_shapes = {view.at_level(lv).shape
                     for lv in range(view.level, len(view.image.levels))}
     candidates = []
@@ -173,8 +167,7 @@ def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...]
         if lview.ndim == view.ndim and lview.shape in image_shapes:
             candidates.append(lview)
     if not candidates:
-        shapes = [labels.view(lv).shape for lv in range(len(labels.levels))]
-        raise InputError(f"foreground.mask: label image '{name}' has levels of shape {shapes}, none of which is the "
+        raise InputError(f"foreground.mask: label image '{name}' has levels of shape {labels.level_shapes}, none of which is the "
                          f"shape of a level of the image at or below level {view.level} ({sorted(image_shapes)}); "
                          "write the mask on the image's pyramid")
     small = [c for c in candidates if math.prod(c.shape) <= mask_voxels()]

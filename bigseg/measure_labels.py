@@ -85,12 +85,8 @@ def plan(image_url: str, labels: str, settings, n_workers: int, block=None) -> L
     """Check the label image against the image (shape of a level, integer ids) and the settings; nothing is
     written."""
     image = open_image(image_url)
-    if labels not in image.labels:
-        known = ", ".join(image.labels) or "none"
-        raise InputError(f"{image_url} has no label image '{labels}' (it has: {known}); give the name of one of "
-                         "its label images (IMAGE/labels/NAME)")
-    labels_url = store.join(image.url, "labels", labels)
-    label_image = open_image(labels_url)
+    label_image = image.label_image(labels, "", "give the name of one of its label images (IMAGE/labels/NAME)")
+    labels_url = label_image.url
     if "t" in label_image.axis_names:
         raise InputError(f"{labels_url} has a t axis; bigseg measure takes spatial label images for now: segment "
                          "the movie with --timepoints (its table measures every timepoint)")
@@ -110,11 +106,9 @@ def plan(image_url: str, labels: str, settings, n_workers: int, block=None) -> L
 
 def _level_of(image, shape: tuple[int, ...], labels_url: str) -> ImageView:
     """The image's level whose spatial shape is the labels' level 0."""
-    for level in range(len(image.levels)):
-        view = image.view(level)
-        if view.shape == tuple(shape):
-            return view
-    shapes = [image.view(lv).shape for lv in range(len(image.levels))]
+    shapes = image.level_shapes
+    if tuple(shape) in shapes:
+        return image.view(shapes.index(tuple(shape)))
     raise InputError(f"{labels_url}: level 0 has shape {tuple(shape)}, the shape of no level of the image "
                      f"({shapes}); the labels must cover one of the image's levels")
 

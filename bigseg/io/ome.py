@@ -68,6 +68,20 @@ class OmeImage:
     def size(self, axis: str) -> int:
         return self.levels[0].shape[self.axis_names.index(axis)] if axis in self.axis_names else 1
 
+    @property
+    def level_shapes(self) -> list[tuple[int, ...]]:
+        """Each level's spatial shape."""
+        return [self.view(level).shape for level in range(len(self.levels))]
+
+    def label_image(self, name: str, field: str, hint: str) -> "OmeImage":
+        """The label image ``IMAGE/labels/<name>``, or a one-line error: ``field`` (the setting that named it) and
+        ``hint`` (what to do)."""
+        if name not in self.labels:
+            known = ", ".join(self.labels) or "none"
+            raise InputError(f"{field + ': ' if field else ''}{self.url} has no label image '{name}' (it has: "
+                             f"{known}); {hint}")
+        return open_image(store.join(self.url, "labels", name))
+
     def view(self, level: int = 0, channel: int | None = None, timepoint: int | None = None,
              stain: str | None = None) -> "ImageView":
         """Choose a level, channel (or, for an RGB(A) image, a stain) and timepoint; checks they exist."""

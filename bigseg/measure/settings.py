@@ -77,14 +77,8 @@ def _parent_array(name: str, view) -> tuple[str, str, int]:
     """The parent label image's level whose shape is the measured level's (a parent segmented at another level
     is refused: its ids are not resampled)."""
     from bigseg.io import store
-    from bigseg.io.ome import open_image
-    if name not in view.image.labels:
-        known = ", ".join(view.image.labels) or "none"
-        raise InputError(f"measure.parent: {view.image.url} has no label image '{name}' (it has: {known}); "
-                         f"segment the parents first (e.g. --name {name})")
-    url = store.join(view.image.url, "labels", name)
-    labels = open_image(url)
-    shapes = [labels.view(lv).shape for lv in range(len(labels.levels))]
+    labels = view.image.label_image(name, "measure.parent", f"segment the parents first (e.g. --name {name})")
+    url, shapes = labels.url, labels.level_shapes
     if not store.exists(store.join(url, "measurements.parquet")):
         raise InputError(f"measure.parent: label image '{name}' has no measurements table for its children's "
                          f"counts; measure it first: bigseg measure IMAGE --labels {name}")
