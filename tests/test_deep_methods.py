@@ -157,6 +157,15 @@ def test_models_are_loaded_once_per_worker_process(client, tmp_path, stardist2d)
     assert spec, counts
     per_worker = [c.get(spec[0], 0) for c in counts.values()]
     assert max(per_worker) == 1 and sum(per_worker) <= len(counts)  # 16 blocks, at most one load per process
+    # TensorFlow computes on the worker's one thread, and keeps 2 inter-op threads (1 can hang predict)
+    threads = client.run(_tensorflow_threads)
+    assert {threads[w] for w, c in counts.items() if c.get(spec[0])} == {(1, 2)}
+
+
+def _tensorflow_threads() -> tuple[int, int]:
+    import tensorflow as tf
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
 
 
 def test_gpu_blocks_run_only_on_the_gpu_worker(tmp_path, pixel_classifier, stardist2d):
