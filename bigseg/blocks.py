@@ -51,15 +51,12 @@ def finer_grids(shape: tuple[int, ...], chunks: tuple[int, ...], halo: tuple[int
     return grids
 
 
-def makespan(grid: "BlockGrid", active: np.ndarray | None, n_workers: int) -> float:
-    """The segment stage's length in voxels of work, when only the ``active`` blocks are segmented: each block
-    costs its extended region and :data:`TASK_VOXELS`, handed largest first to the least loaded worker (as the
-    scheduler's queue plays out for blocks of a few sizes)."""
-    costs = sorted((math.prod(s.stop - s.start for s in b.extended) + TASK_VOXELS
-                    for b in grid if active is None or active[b.id]), reverse=True)
+def makespan(costs: list[int], n_workers: int) -> float:
+    """The segment stage's length in voxels of work: each task costs the voxels it reads (``costs``) and
+    :data:`TASK_VOXELS`, handed largest first to the least loaded worker (the order the stage submits them)."""
     loads = [0.0] * max(n_workers, 1)
-    for cost in costs:
-        heapq.heapreplace(loads, loads[0] + cost)
+    for cost in sorted(costs, reverse=True):
+        heapq.heapreplace(loads, loads[0] + cost + TASK_VOXELS)
     return max(loads)
 
 

@@ -102,9 +102,9 @@ def _seconds(plan: Plan, active: list[Block], block: Block, probe: BlockProbe, o
              segment_workers: int) -> dict:
     """Seconds per stage of the job, from the probe of ``block`` (the model of the module's docstring)."""
     view, s = plan.view, probe.seconds
-    read, owned = _voxels(block.extended), _voxels(block.core)
-    out = {"segment": s.get("warm-up", 0.0) + _stage([s["segment"] * _voxels(b.extended) / read for b in active],
-                                                     segment_workers, overhead)}
+    read, owned = _voxels(plan.read_region(block)), _voxels(block.core)
+    out = {"segment": s.get("warm-up", 0.0) + _stage([s["segment"] * _voxels(plan.read_region(b)) / read
+                                                      for b in active], segment_workers, overhead)}
     summary = probe.summary
     has_objects = summary.n_fragments > 0
     out["stitch"] = _stage([s.get("stitch", 0.0)] * _stitch_tasks(plan, active), workers, overhead)

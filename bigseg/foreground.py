@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 import bigseg.defaults  # noqa: F401 - bigseg.foreground-voxels
-from bigseg.blocks import BlockGrid
+from bigseg.blocks import BlockGrid, extend, intersect
 from bigseg.errors import InputError
 from bigseg.io.ome import ImageView
 
@@ -52,6 +52,13 @@ class ForegroundMask:
             return None
         region = tuple(slice(int(a), int(b)) for a, b in self.kept[block.id])
         return None if region == block.extended else region
+
+    def read_region(self, block, halo: tuple[int, ...], shape: tuple[int, ...],
+                    align: tuple[int, ...] | None) -> tuple[slice, ...] | None:
+        """What an active block's task reads: its kept box with ``halo`` around it, inside ``block.extended``
+        (None: all of the extended region)."""
+        kept = self.kept_region(block)
+        return None if kept is None else intersect(extend(kept, halo, shape, align), block.extended)
 
     @property
     def background(self) -> int:
@@ -147,6 +154,17 @@ def foreground_blocks(fmap: ForegroundMap | None, grid: BlockGrid) -> Foreground
     log.info("foreground mask from %s (threshold %s): %d of %d blocks background", fmap.source, fmap.threshold,
              mask.background, len(grid))
     return mask
+
+
+def read_voxels(grid: BlockGrid, mask: ForegroundMask | None, halo: tuple[int, ...],
+                shape: tuple[int, ...]) -> list[int]:
+    """The voxels each active block's task reads (what the segment stage's time goes with)."""
+    out = []
+    for block in grid:
+        if mask is None or mask.active[block.id]:
+            read = None if mask is None else mask.read_region(block, halo, shape, grid.align)
+            out.append(math.prod(s.stop - s.start for s in (read or block.extended)))
+    return out
 
 
 def _otsu(data: np.ndarray) -> float:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import zarr
 
-from bigseg.blocks import BlockGrid, block_budget, extend, finer_grids, group_voxels, intersect, makespan, plan_grid
-from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map
+from bigseg.blocks import BlockGrid, block_budget, finer_grids, group_voxels, makespan, plan_grid
+from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map, read_voxels
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
 from bigseg.io import lock as lock_io
@@ -122,11 +122,17 @@ class Plan:
         """The part of an active block's extended region that is labelled (None: all of it)."""
         return None if self.foreground is None else self.foreground.kept_region(block)
 
+    def read_region(self, block) -> tuple[slice, ...]:
+        """What the segment task of an active ``block`` reads: its kept box with the halo, or its extended
+        region."""
+        read = (None if self.foreground is None else
+                self.foreground.read_region(block, self.halo, self.view.shape, self.grid.align))
+        return block.extended if read is None else read
+
     def segment_task(self, block, files: JobFiles) -> SegmentTask:
         """The segment stage's task for ``block`` (the job's, the preview's and the dry run's alike)."""
         kept = self.kept_region(block)
-        read = None if kept is None else intersect(extend(kept, self.halo, self.view.shape, self.grid.align),
-                                                   block.extended)
+        read = None if kept is None else self.read_region(block)
         return SegmentTask(self.view, self.method, self.grid, block, files, self.min_size,
                            self.spec.options.skip_bad_blocks, kept, read, self.measure.extras,
                            self.measure.parent_array)
@@ -221,15 +227,16 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
     fmap = None if frames else foreground_map(spec.foreground, view, halo,
                                               dark=bool(getattr(method, "dark_objects", False)))
     if block is None and fmap is not None:  # default blocks, fine enough for the background to be skipped
-        grid = min(finer_grids(view.shape, view.chunks, halo, budget, method.alignment(view.ndim), memory),
-                   key=lambda g: makespan(g, fmap.active(g), n_workers))  # boxes only for the chosen grid
+        candidates = [(g, foreground_blocks(fmap, g)) for g in finer_grids(view.shape, view.chunks, halo, budget,
+                                                                           method.alignment(view.ndim), memory)]
+        grid, mask = min(candidates, key=lambda c: makespan(read_voxels(*c, halo, view.shape), n_workers))
     else:
         grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
+        mask = foreground_blocks(fmap, grid)
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
                              "set blocks.halo to 1 or more")
-    mask = foreground_blocks(fmap, grid)
     if frames is not None:
         grid = grid.over(view.image.size("t"))
     return Plan(spec, view, method, grid, None, method.object_min_size(voxel_size), foreground=mask,
@@ -309,7 +316,8 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         _say(stages, ev.Message(f"{plan.blocks_background} of {len(grid)} blocks are background (no foreground in "
                                 f"the mask from {plan.foreground.source}, dilated by the halo): not read"))
     tasks = [plan.segment_task(b, files) for b in plan.active_blocks()]
-    segmented = stages.run("segment", segment_block, tasks, resources=method.resources())
+    largest_first = sorted(range(len(tasks)), key=lambda i: -math.prod(s.stop - s.start for s in tasks[i].read_region))
+    segmented = stages.run("segment", segment_block, tasks, resources=method.resources(), order=largest_first)
     summaries = _every_block(grid, segmented)
     skipped = [s.error for s in summaries if s.error]
     if skipped:

@@ -37,10 +37,11 @@ class StageRunner:
         self.resumed: dict[str, int] = {}
 
     def run(self, name: str, fn, tasks: list, step: str | None = None, resources=None,
-            results: bool = True) -> list:
+            results: bool = True, order: list[int] | None = None) -> list:
         """Results of ``fn`` over ``tasks``, in order; ``name`` is the stage timed, ``step`` (default
         ``name``) the journal folder and the stage named in the events. ``results=False``: the job does not use
-        them (resumed tasks give ``None``), so resuming only lists the step's records."""
+        them (resumed tasks give ``None``), so resuming only lists the step's records. ``order``: the task
+        indices in the order the workers should start them (default: as given)."""
         self.cancellation.raise_if_cancelled()
         t0 = time.perf_counter()
         step, total = step or name, len(tasks)
@@ -51,7 +52,7 @@ class StageRunner:
         if done:
             self.resumed[step] = len(done)
             self.observer.on_event(ev.StageAdvanced(step, len(done), total))
-        todo = [i for i in range(total) if i not in done]
+        todo = [i for i in (range(total) if order is None else order) if i not in done]
         checkpoint = _Checkpoints(self.journal, step) if results else None
         failures = self._map(step, fn, tasks, todo, results_of, resources, len(done), checkpoint) if todo else []
         seconds = time.perf_counter() - t0
