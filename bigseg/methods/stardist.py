@@ -103,7 +103,7 @@ def _limit_tensorflow_threads() -> None:
     """In a Dask worker, TensorFlow computes on the worker's threads, not one per core each (two single-threaded
     workers on two cores would otherwise run four busy threads). Its inter-op pool keeps at least 2 threads:
     with 1, a function call (Keras' predict) can wait forever for the thread it holds (tensorflow#38969; seen
-    here as a block task that hung in ``predict`` in one of five 45-block jobs)."""
+    here as a block task that hung in ``predict`` in one of five 80-block slide jobs)."""
     threads = _models.worker_threads()
     if threads is None:
         return
