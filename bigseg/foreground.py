@@ -15,7 +15,6 @@ as in a background block.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass
 
@@ -27,8 +26,6 @@ import bigseg.defaults  # noqa: F401 - bigseg.foreground-voxels
 from bigseg.blocks import BlockGrid, extend, intersect
 from bigseg.errors import InputError
 from bigseg.io.ome import ImageView
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -150,10 +147,7 @@ def foreground_blocks(fmap: ForegroundMap | None, grid: BlockGrid) -> Foreground
     """The blocks of ``grid`` to segment, or None when every block is (no map, or a single block)."""
     if fmap is None or len(grid) == 1:
         return None
-    mask = fmap.blocks(grid)
-    log.info("foreground mask from %s (threshold %s): %d of %d blocks background", fmap.source, fmap.threshold,
-             mask.background, len(grid))
-    return mask
+    return fmap.blocks(grid)
 
 
 def read_voxels(grid: BlockGrid, mask: ForegroundMask | None, halo: tuple[int, ...],
@@ -185,8 +179,8 @@ def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...]
         if lview.ndim == view.ndim and lview.shape in image_shapes:
             candidates.append(lview)
     if not candidates:
-        raise InputError(f"foreground.mask: label image '{name}' has levels of shape {labels.level_shapes}, none of which is the "
-                         f"shape of a level of the image at or below level {view.level} ({sorted(image_shapes)}); "
+        raise InputError(f"foreground.mask: label image '{name}' has levels of shape {labels.level_shapes}, none of "
+                         f"which is the shape of a level of the image at or below level {view.level} ({sorted(image_shapes)}); "
                          "write the mask on the image's pyramid")
     small = [c for c in candidates if math.prod(c.shape) <= mask_voxels()]
     chosen = small[0] if small else candidates[-1]

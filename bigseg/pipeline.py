@@ -233,6 +233,9 @@ def _segmentation(spec: JobSpec, view: ImageView, halo: tuple[int, ...] | None, 
     else:
         grid = plan_grid(view.shape, view.chunks, halo, block, budget, method.alignment(view.ndim), memory)
         mask = foreground_blocks(fmap, grid)
+    if mask is not None:
+        log.info("foreground mask from %s (threshold %s): %d of %d blocks background", mask.source, mask.threshold,
+                 mask.background, len(grid))
     if method.stitch_rule(view.ndim).needs_halo and any(h == 0 and g > 1 for h, g in zip(grid.halo,
                                                                                           grid.grid_shape)):
         raise ParameterError(f"method '{method.name}' needs a halo of at least 1 voxel to stitch blocks; "
@@ -316,8 +319,9 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         _say(stages, ev.Message(f"{plan.blocks_background} of {len(grid)} blocks are background (no foreground in "
                                 f"the mask from {plan.foreground.source}, dilated by the halo): not read"))
     tasks = [plan.segment_task(b, files) for b in plan.active_blocks()]
-    largest_first = sorted(range(len(tasks)), key=lambda i: -math.prod(s.stop - s.start for s in tasks[i].read_region))
-    segmented = stages.run("segment", segment_block, tasks, resources=method.resources(), order=largest_first)
+    reads = [math.prod(s.stop - s.start for s in t.read_region) for t in tasks]
+    segmented = stages.run("segment", segment_block, tasks, resources=method.resources(),
+                           order=sorted(range(len(tasks)), key=lambda i: -reads[i]))  # largest first
     summaries = _every_block(grid, segmented)
     skipped = [s.error for s in summaries if s.error]
     if skipped:
