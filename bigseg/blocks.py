@@ -66,6 +66,11 @@ def group_voxels() -> int:
     return int(dask.config.get("bigseg.group-voxels", default=2**24))
 
 
+def region_voxels(region: tuple[slice, ...]) -> int:
+    """Voxels of a region."""
+    return math.prod(s.stop - s.start for s in region)
+
+
 def region_text(region: tuple[slice, ...]) -> str:
     """A region as users read it in messages: ``[0:16, 32:64]``."""
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"

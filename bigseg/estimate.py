@@ -11,14 +11,13 @@ them, but no stage ends before its longest task.
 """
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bigseg.blocks import Block, region_text
+from bigseg.blocks import Block, region_text, region_voxels
 from bigseg.errors import InputError
 from bigseg.pipeline import Plan
 from bigseg.probe import BlockProbe, probe_block, start_up
@@ -87,8 +86,8 @@ def estimate(plan: Plan, client) -> Estimate:
                        _workers_for(client, method.resources()) or workers)
     seconds["segment"] += start
     seconds["total"] += start
-    read = sum(_voxels(b.extended) for b in active)
-    owned = sum(_voxels(b.core) for b in active)
+    read = sum(region_voxels(b.extended) for b in active)
+    owned = sum(region_voxels(b.core) for b in active)
     return Estimate(
         view.image.url, tuple(view.shape), len(grid), plan.blocks_background, grid.block_shape, grid.halo,
         {"id": block.id, "core": region_text(block.core), "tried": tried,
@@ -102,21 +101,22 @@ def _seconds(plan: Plan, active: list[Block], block: Block, probe: BlockProbe, o
              segment_workers: int) -> dict:
     """Seconds per stage of the job, from the probe of ``block`` (the model of the module's docstring)."""
     view, s = plan.view, probe.seconds
-    read, owned = _voxels(plan.read_region(block)), _voxels(block.core)
-    out = {"segment": s.get("warm-up", 0.0) + _stage([s["segment"] * _voxels(plan.read_region(b)) / read
+    read, owned = region_voxels(plan.read_region(block)), region_voxels(block.core)
+    out = {"segment": s.get("warm-up", 0.0) + _stage([s["segment"] * region_voxels(plan.read_region(b)) / read
                                                       for b in active], segment_workers, overhead)}
     summary = probe.summary
     has_objects = summary.n_fragments > 0
     out["stitch"] = _stage([s.get("stitch", 0.0)] * _stitch_tasks(plan, active), workers, overhead)
-    out["relabel"] = _stage([s.get("relabel", 0.0) * _voxels(b.core) / owned for b in active] if has_objects else [],
-                            workers, overhead)
+    out["relabel"] = _stage([s.get("relabel", 0.0) * region_voxels(b.core) / owned for b in active]
+                            if has_objects else [], workers, overhead)
     out["pyramid"] = 0.0
     if "pyramid" in s:
         per_voxel = s["pyramid"] / max(probe.pyramid_voxels, 1)
         for level in range(view.level + 1, len(view.image.levels)):
             lv = view.at_level(level)
             chunks = tuple(min(c, n) for c, n in zip(lv.chunks, lv.shape))
-            out["pyramid"] += _stage([per_voxel * _voxels(r) for r in regions(lv.shape, chunks)], workers, overhead)
+            out["pyramid"] += _stage([per_voxel * region_voxels(r) for r in regions(lv.shape, chunks)], workers,
+                                     overhead)
     interior = summary.n_fragments > summary.n_boundary
     out["measure"] = _stage([s.get("measure", 0.0)] * (len(active) if interior else 0), workers, overhead)
     resolved, table = _client_seconds(plan, summary, len(active))
@@ -216,5 +216,3 @@ def _workers_for(client, resources: dict | None) -> int:
     return sum(1 for w in info if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items()))
 
 
-def _voxels(region: tuple[slice, ...]) -> int:
-    return math.prod(s.stop - s.start for s in region)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 import bigseg.defaults  # noqa: F401 - bigseg.foreground-voxels
-from bigseg.blocks import BlockGrid, extend, intersect
+from bigseg.blocks import BlockGrid, extend, intersect, region_voxels
 from bigseg.errors import InputError
 from bigseg.io.ome import ImageView
 
@@ -86,18 +86,13 @@ class ForegroundMap:
     threshold: float | None
     grown: np.ndarray
 
-    def active(self, grid: BlockGrid) -> np.ndarray:
-        """Per block id of ``grid``: True when foreground lies in its core (or within its halo)."""
-        active = np.zeros(len(grid), bool)
-        for block in grid:
-            active[block.id] = bool(self.grown[self._low(block.core)].any())
-        return active
-
     def blocks(self, grid: BlockGrid) -> ForegroundMask:
-        """The mask's verdict on each block of ``grid``: which are kept, and each kept one's labelled box."""
-        active = self.active(grid)
+        """The mask's verdict on each block of ``grid``: kept when foreground lies in its core (or within its
+        halo), and each kept one's labelled box."""
+        active = np.zeros(len(grid), bool)
         kept = np.zeros((len(grid), len(grid.shape), 2), np.int64)
         for block in grid:
+            active[block.id] = bool(self.grown[self._low(block.core)].any())
             if active[block.id]:
                 kept[block.id] = self._box(block.extended)
         return ForegroundMask(self.source, self.factor, self.threshold, active, kept)
@@ -157,7 +152,7 @@ def read_voxels(grid: BlockGrid, mask: ForegroundMask | None, halo: tuple[int, .
     for block in grid:
         if mask is None or mask.active[block.id]:
             read = None if mask is None else mask.read_region(block, halo, shape, grid.align)
-            out.append(math.prod(s.stop - s.start for s in (read or block.extended)))
+            out.append(region_voxels(read or block.extended))
     return out
 
 
@@ -180,8 +175,8 @@ def _label_mask(view: ImageView, name: str) -> tuple[np.ndarray, tuple[int, ...]
             candidates.append(lview)
     if not candidates:
         raise InputError(f"foreground.mask: label image '{name}' has levels of shape {labels.level_shapes}, none of "
-                         f"which is the shape of a level of the image at or below level {view.level} ({sorted(image_shapes)}); "
-                         "write the mask on the image's pyramid")
+                         f"which is the shape of a level of the image at or below level {view.level} "
+                         f"({sorted(image_shapes)}); write the mask on the image's pyramid")
     small = [c for c in candidates if math.prod(c.shape) <= mask_voxels()]
     chosen = small[0] if small else candidates[-1]
     data = chosen.read(tuple(slice(0, s) for s in chosen.shape))

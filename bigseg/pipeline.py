@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import zarr
 
-from bigseg.blocks import BlockGrid, block_budget, finer_grids, group_voxels, makespan, plan_grid
+from bigseg.blocks import BlockGrid, block_budget, finer_grids, group_voxels, makespan, plan_grid, region_voxels
 from bigseg.foreground import ForegroundMask, foreground_blocks, foreground_map, read_voxels
 from bigseg.errors import BigsegError, JobCancelled, ParameterError
 from bigseg.io import labels as label_io
@@ -319,7 +319,7 @@ def _run(plan: Plan, stages: StageRunner) -> SegmentResult:
         _say(stages, ev.Message(f"{plan.blocks_background} of {len(grid)} blocks are background (no foreground in "
                                 f"the mask from {plan.foreground.source}, dilated by the halo): not read"))
     tasks = [plan.segment_task(b, files) for b in plan.active_blocks()]
-    reads = [math.prod(s.stop - s.start for s in t.read_region) for t in tasks]
+    reads = [region_voxels(t.read_region) for t in tasks]
     segmented = stages.run("segment", segment_block, tasks, resources=method.resources(),
                            order=sorted(range(len(tasks)), key=lambda i: -reads[i]))  # largest first
     summaries = _every_block(grid, segmented)

@@ -19,7 +19,6 @@ Nothing is written (the blocks' intermediate files live in an in-memory file sys
 from __future__ import annotations
 
 import logging
-import math
 import re
 import uuid
 
@@ -27,7 +26,7 @@ import dask.config
 import numpy as np
 import zarr
 
-from bigseg.blocks import extend, intersect, region_text, shift
+from bigseg.blocks import extend, intersect, region_text, region_voxels, shift
 from bigseg.errors import InputError, ParameterError
 from bigseg.io import store
 from bigseg.io.ome import ImageView, open_array
@@ -141,7 +140,7 @@ def _in_window(plan: Plan, region: tuple[slice, ...]) -> np.ndarray:
         log.info("preview: window %s, %d object(s) of the region reach its sides", region_text(window), cut.size)
         if cut.size == 0:
             break
-        if math.prod(s.stop - s.start for s in extend(window, margin, view.shape)) > _max_voxels():
+        if region_voxels(extend(window, margin, view.shape)) > _max_voxels():
             log.warning("preview: %d object(s) in region %s reach beyond %s (bigseg.preview.max-voxels): they "
                         "may be larger, or joined, in the full job", cut.size, region_text(region),
                         region_text(window))
@@ -225,7 +224,7 @@ def _block(grid, i: int):
 
 def _read_voxels(grid, ids) -> int:
     """Voxels the blocks ``ids`` read (with their halo)."""
-    return sum(math.prod(s.stop - s.start for s in _block(grid, i).extended) for i in ids)
+    return sum(region_voxels(_block(grid, i).extended) for i in ids)
 
 
 def _reached(plan: Plan, files: JobFiles, summaries: list, lookup, done: set, seen: set) -> set:
