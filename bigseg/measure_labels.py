@@ -194,7 +194,7 @@ def run(lplan: LabelsPlan, client) -> MeasureResult:
                                     table_io.part_url(parts_url, i), args))
         objects = sum(stages.run("measure", merge_range, merges))
         at = TableAt(parts_url, lplan.work_url, lplan.labels_url, lplan.level_path, lplan.zarr_format,
-                     view.image.url, lplan.name, tuple(view.shape), tuple(view.scale), tuple(lplan.grid.block_shape))
+                     view.image.url, lplan.name, tuple(view.shape), tuple(view.scale))
         for warning in run_passes(stages, lplan.measure, at):
             log.warning("%s", warning)
         table_io.replace(parts_url, lplan.table_url)

@@ -392,8 +392,7 @@ def _table_passes(plan: Plan, stages: StageRunner, files: JobFiles) -> None:
     children), step by step on the workers."""
     view, target = plan.view, plan.target
     at = TableAt(files.table_parts, files.work_url, target.url, target.level_path(0), target.zarr_format,
-                 view.image.url, target.name, tuple(view.shape), tuple(view.scale),
-                 tuple(plan.grid.block_shape[plan.grid.batch:]), plan.grid.batch)
+                 view.image.url, target.name, tuple(view.shape), tuple(view.scale), plan.grid.batch)
     for warning in run_passes(stages, plan.measure, at):
         _say(stages, ev.Warning(warning))
 

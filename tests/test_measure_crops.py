@@ -18,7 +18,7 @@ from skimage.morphology import convex_hull_image
 
 import bigseg
 from bigseg.io.table import read_table
-from bigseg.measure import crop_shape, crops, hull
+from bigseg.measure import crops, hull
 from bigseg.synthetic import nuclei, write_ome_zarr
 
 CASES = {2: dict(shape=(256, 224), chunks=(32, 32), block=(96, 96), scale={"y": 0.5, "x": 0.5}),
@@ -35,13 +35,13 @@ def jobs(client, tmp_path_factory):
                               case["chunks"], scale=case["scale"], levels=2)
         res = bigseg.segment(path, "watershed", name="n", client=client, block=case["block"], halo=14)
         spacing = tuple(case["scale"][a] for a in "zyx"[-ndim:])
-        too_large = _run_pass(client, res.table, res.labels, case["shape"], res.block_shape, spacing)
+        too_large = _run_pass(client, res.table, res.labels, case["shape"], spacing)
         out[ndim] = res, spacing, too_large
     return out
 
 
-def _run_pass(client, table, labels, shape, block_shape, spacing, max_voxels=None) -> int:
-    steps = crops.crop_steps(table, labels, "0", 3, shape, block_shape, spacing, max_voxels)
+def _run_pass(client, table, labels, shape, spacing, max_voxels=None) -> int:
+    steps = crops.crop_steps(table, labels, "0", 3, shape, spacing, max_voxels)
     return sum(sum(client.gather(client.map(crops.measure_crops, step, pure=False))) for step in steps)
 
 
@@ -93,7 +93,7 @@ def _checksums(folder) -> dict[str, str]:
 def test_a_rerun_of_the_pass_leaves_the_parts_byte_identical(client, jobs, tmp_path):
     res, spacing, _ = jobs[3]
     before = _checksums(res.table)
-    assert _run_pass(client, res.table, res.labels, CASES[3]["shape"], res.block_shape, spacing) == 0
+    assert _run_pass(client, res.table, res.labels, CASES[3]["shape"], spacing) == 0
     assert _checksums(res.table) == before
     # a pass interrupted after some parts (the others without the columns) finishes with the same bytes
     copy = tmp_path / "parts"
@@ -103,7 +103,7 @@ def test_a_rerun_of_the_pass_leaves_the_parts_byte_identical(client, jobs, tmp_p
         part = pq.read_table(copy / name)
         pq.write_table(part.drop_columns(list(crops.CROP_COLUMNS[3])), copy / name)
     assert _checksums(copy) != before
-    _run_pass(client, str(copy), res.labels, CASES[3]["shape"], res.block_shape, spacing)
+    _run_pass(client, str(copy), res.labels, CASES[3]["shape"], spacing)
     assert _checksums(copy) == before
 
 
@@ -117,7 +117,7 @@ def test_objects_over_the_bound_get_nan_and_are_counted(client, jobs, tmp_path):
     labels = zarr.open_array(res.labels + "/0", mode="r")[:]
     boxes = np.array([math.prod(s.stop - s.start for s in sl) for sl in ndi.find_objects(labels)])
     bound = int(np.median(boxes))
-    assert _run_pass(client, str(copy), res.labels, CASES[3]["shape"], res.block_shape, spacing, bound) \
+    assert _run_pass(client, str(copy), res.labels, CASES[3]["shape"], spacing, bound) \
         == (boxes > bound).sum() > 0
     table, whole = read_table(str(copy)), read_table(res.table)
     over = boxes[table["label"] - 1] > bound
@@ -126,30 +126,56 @@ def test_objects_over_the_bound_get_nan_and_are_counted(client, jobs, tmp_path):
         np.testing.assert_allclose(table[name][~over], whole[name][~over], rtol=1e-12)
     np.testing.assert_array_equal(table["extent"], whole["extent"])  # from the row: set for every object
     # the bound raised: a rerun measures the objects it had left out
-    assert _run_pass(client, str(copy), res.labels, CASES[3]["shape"], res.block_shape, spacing) == 0
+    assert _run_pass(client, str(copy), res.labels, CASES[3]["shape"], spacing) == 0
     table = read_table(str(copy))
     for name in ("solidity", "surface_area", "sphericity"):
         np.testing.assert_allclose(table[name], whole[name], rtol=1e-12)
 
 
-def test_a_part_reads_the_label_image_once_per_block_its_objects_start_in(jobs):
+def test_a_part_reads_the_label_image_once_per_cell_its_objects_start_in(jobs):
     res, _, _ = jobs[3]
-    shape, block = CASES[3]["shape"], np.asarray(res.block_shape)
-    n_interior = 0
+    shape = CASES[3]["shape"]
+    chunks = zarr.open_array(res.labels + "/0", mode="r").chunks
+    cell = crops.read_cell(chunks, shape)
+    assert all(c <= s for c, s in zip(cell, shape)) and math.prod(cell) <= crops.CELL_VOXELS
+    n_reads = 0
     for name in sorted(os.listdir(res.table)):
         part = pq.read_table(os.path.join(res.table, name)).to_pandas()
         lo = part[[f"bbox_min_{a}" for a in "zyx"]].to_numpy()
         hi = part[[f"bbox_max_{a}" for a in "zyx"]].to_numpy()
-        reads = list(crops.crop_reads(lo, hi, np.arange(len(part)), shape, tuple(block), 2**27))
-        starts = {tuple(b) for b in lo // block}
-        assert len(reads) == len(starts)
+        reads = list(crops.crop_reads(lo, hi, np.arange(len(part)), shape, cell, 2**27))
+        assert len(reads) == len({tuple(b) for b in lo // np.asarray(cell)})
         assert sorted(np.concatenate([r for r, _, _ in reads]).tolist()) == list(range(len(part)))
         for rows, r_lo, r_hi in reads:
             assert (r_lo <= lo[rows]).all() and (hi[rows] <= r_hi).all()
-        if len(part) and (part["blocks_spanned"] == 1).all():  # one block's interior objects: one read
-            n_interior += 1
-            assert len(reads) == 1
-    assert n_interior >= 4
+            assert ((lo[rows] // np.asarray(cell)) == lo[rows[0]] // np.asarray(cell)).all()
+        n_reads += len(reads)
+    assert n_reads >= len(os.listdir(res.table))
+
+
+def test_read_cells_hold_a_few_mb():
+    assert crops.read_cell((64, 256, 256), (128, 1024, 1024)) == (64, 128, 256)  # halved: 2**21 voxels
+    assert crops.read_cell((8, 16, 16), (24, 96, 80)) == (24, 96, 80)  # grown, up to the whole array
+    assert crops.read_cell((1, 4096, 4096), (1, 100000, 100000)) == (1, 1024, 2048)
+    assert crops.read_cell((32, 32), (200, 5000)) == (200, 4096)  # grown, y up to the array
+
+
+def test_chunk_cache_reads_equal_the_array_and_decode_each_chunk_once(tmp_path):
+    from bigseg.io.chunk_cache import ChunkCache
+    data = np.arange(3 * 40 * 50, dtype=np.uint32).reshape(3, 40, 50)
+    array = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=data.shape, chunks=(1, 16, 16),
+                              dtype=data.dtype)
+    array[:] = data
+    cache = ChunkCache(array, max_bytes=2**20)
+    regions = [(1, slice(3, 30), slice(10, 49)), (slice(0, 3), slice(0, 40), slice(0, 50)),
+               (slice(2, 3), slice(15, 17), slice(31, 33)), (0, 5, slice(0, 50))]
+    for region in regions:
+        np.testing.assert_array_equal(cache.read(region), data[region])
+    assert cache.decoded == 3 * 3 * 4  # every chunk once: all of them fit
+    small = ChunkCache(array, max_bytes=4 * 16 * 16 * 4)  # four chunks kept
+    for region in regions:
+        np.testing.assert_array_equal(small.read(region), data[region])
+    assert small.decoded > 3 * 3 * 4
 
 
 def test_crop_features_of_a_square_a_disc_and_a_cube():
@@ -213,14 +239,22 @@ def test_hull_voxels_equal_skimage_convex_hull_image(ndim):
     assert compared >= 25
 
 
-def test_3d_features_do_not_depend_on_the_slabs_a_region_is_cut_into(monkeypatch):
-    _, labels = nuclei((16, 64, 64), seed=5)
-    regions = regionprops(labels)
-    boxes = np.array([r.bbox for r in regions])
-    args = (labels, (0, 0, 0), np.array([r.label for r in regions]), boxes[:, :3], boxes[:, 3:], (2.0, 0.5, 0.5))
-    whole = crop_shape.region_features(*args)
-    monkeypatch.setattr(hull, "_SLAB_VOXELS", 3 * labels.shape[-1])  # slabs of a few planes of the strips
-    cut = crop_shape.region_features(*args)
-    assert len(regions) > 5
-    for name in whole:
-        np.testing.assert_allclose(cut[name], whole[name], rtol=1e-12)
+def _widened_hull_voxels(mask: np.ndarray) -> int:
+    """The voxel centres of ``mask``'s box in the hull of its voxels' face centres (skimage's widened hull,
+    taken directly: defined for flat and line-like objects too), by brute force."""
+    from scipy.spatial import ConvexHull
+    centres = np.argwhere(mask).astype(float)
+    offsets = np.concatenate([np.eye(mask.ndim), -np.eye(mask.ndim)]) / 2
+    equations = ConvexHull((centres[:, None] + offsets).reshape(-1, mask.ndim)).equations
+    grid = np.indices(mask.shape).reshape(mask.ndim, -1).T
+    return int(((grid @ equations[:, :-1].T + equations[:, -1]) < 1e-10).all(axis=1).sum())
+
+
+def test_3d_hull_voxels_of_flat_and_thin_objects():
+    shapes = [np.ones((1, 1, 1), bool), np.ones((1, 1, 7), bool), np.eye(6, dtype=bool)[None],
+              np.ones((1, 5, 4), bool), np.zeros((5, 5, 5), bool), np.zeros((4, 9, 3), bool)]
+    for i in range(5):
+        shapes[4][i, i, i] = True  # a diagonal line: its voxel centres on one line
+    shapes[5][0, 0, 0] = shapes[5][3, 8, 2] = shapes[5][1, 4, 0] = True  # three scattered voxels
+    for mask in shapes:
+        assert hull.hull_voxels(mask) == _widened_hull_voxels(mask), mask.shape

@@ -1,8 +1,9 @@
 """Shape features of objects from a label image region: pure functions of arrays (the columns and their
 definitions: :mod:`bigseg.measure.crops`).
 
-The objects of a region are measured together, on one strip of their crops: one pass over it finds every
-object's border pixels (2D) or marching-cubes patterns (3D) and hull (:mod:`bigseg.measure.hull`).
+3D objects are measured one by one by compiled kernels (:mod:`bigseg.measure.shape3d`); 2D objects together,
+on one strip of their crops: one pass over it finds every object's border pixels and hull
+(:mod:`bigseg.measure.hull`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 
-from bigseg.measure import hull
+from bigseg.measure import hull, shape3d
 
 #: The columns that need the crop, by number of spatial axes.
 SHAPE_COLUMNS = {2: ("solidity", "perimeter", "circularity"), 3: ("solidity", "surface_area", "sphericity")}
@@ -54,15 +55,18 @@ def region_features(region: np.ndarray, origin: tuple[int, ...], labels: np.ndar
     indices, max exclusive, inside the region) from one region of a label image, its first voxel at
     ``origin``. An object absent from the region gets NaN.
 
-    The objects are measured together: each object's crop (its voxels, nothing else) is laid into a strip of
-    crops one voxel apart (:func:`_strips`), and the strip is measured in one pass."""
+    3D: object by object, compiled (:mod:`bigseg.measure.shape3d`). 2D: the objects together, each object's
+    crop (its pixels, nothing else) laid into a strip of crops one pixel apart (:func:`_strips`), the strip
+    measured in one pass."""
     labels = np.asarray(labels)
     lo = np.asarray(bbox_min, np.int64).reshape(len(labels), -1) - np.asarray(origin, np.int64)
     hi = np.asarray(bbox_max, np.int64).reshape(len(labels), -1) - np.asarray(origin, np.int64)
+    if region.ndim == 3:
+        count, hull_voxels, area = shape3d.shape_3d(region, labels, lo, hi, _cube_areas(tuple(map(float, spacing))))
+        return _columns_3d(count, hull_voxels, area, spacing)
     out = {k: np.full(len(labels), np.nan) for k in SHAPE_COLUMNS[region.ndim]}
     for rows in _strips(hi - lo):
-        index, first, last = _strip(region, labels[rows], lo[rows], hi[rows])
-        values = _measure(index, first, last, spacing)
+        values = _measure_2d(_strip(region, labels[rows], lo[rows], hi[rows]), len(rows), spacing)
         for k in out:
             out[k][rows] = values[k]
     return out
@@ -85,35 +89,36 @@ def _strips(box: np.ndarray):
         yield order[start:]
 
 
-def _strip(region, labels, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The objects' crops side by side along the last axis, one background voxel apart: object j (in the
-    given order) as j + 1; and each crop's first and last (exclusive) voxel in the strip."""
+def _strip(region, labels, lo, hi) -> np.ndarray:
+    """The objects' crops side by side along the last axis, one background pixel apart: object j (in the given
+    order) as j + 1."""
     box = hi - lo
     start = np.r_[0, np.cumsum(box[:, -1] + 1)[:-1]]
     index = np.zeros((*box[:, :-1].max(axis=0), int(start[-1] + box[-1, -1])), np.min_scalar_type(len(labels)))
-    first = np.zeros_like(lo)
-    first[:, -1] = start
-    last = first + box
     for j, label in enumerate(labels):
         crop = region[tuple(slice(a, b) for a, b in zip(lo[j], hi[j]))]
-        index[tuple(slice(a, b) for a, b in zip(first[j], last[j]))][crop == label] = j + 1
-    return index, first, last
+        index[tuple(slice(0, b) for b in box[j, :-1]) + (slice(start[j], start[j] + box[j, -1]),)][crop == label] \
+            = j + 1
+    return index
 
 
-def _measure(index, first, last, spacing) -> dict[str, np.ndarray]:
-    """The columns of objects 1..k of ``index`` (0: background), their boxes ``first`` .. ``last``."""
-    k = len(first)
+def _measure_2d(index, k, spacing) -> dict[str, np.ndarray]:
+    """The columns of objects 1..k of ``index`` (2D, 0: background)."""
     count = np.bincount(index.ravel(), minlength=k + 1)[1:].astype(np.float64)
     size = count * math.prod(spacing)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if index.ndim == 2:
-            p = perimeters(index, k, spacing)
-            columns = {"solidity": count / hull.hull_pixels(index, k), "perimeter": p,
-                       "circularity": np.where(p > 0, 4 * math.pi * size / p ** 2, np.nan)}
-        else:
-            a = surface_areas(index, k, spacing)
-            columns = {"solidity": count / hull.hull_voxels_3d(index, first, last), "surface_area": a,
-                       "sphericity": math.pi ** (1 / 3) * (6 * size) ** (2 / 3) / a}
+        p = perimeters(index, k, spacing)
+        columns = {"solidity": count / hull.hull_pixels(index, k), "perimeter": p,
+                   "circularity": np.where(p > 0, 4 * math.pi * size / p ** 2, np.nan)}
+    return {name: np.where(count > 0, values, np.nan) for name, values in columns.items()}
+
+
+def _columns_3d(count, hull_voxels, area, spacing) -> dict[str, np.ndarray]:
+    """The 3D columns from each object's voxel count, hull voxels and mesh area."""
+    size = count * math.prod(spacing)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        columns = {"solidity": count / hull_voxels, "surface_area": area,
+                   "sphericity": math.pi ** (1 / 3) * (6 * size) ** (2 / 3) / area}
     return {name: np.where(count > 0, values, np.nan) for name, values in columns.items()}
 
 
@@ -157,48 +162,11 @@ def perimeter(mask: np.ndarray, spacing: tuple[float, float]) -> float:
     return float(perimeters(np.asarray(mask, bool).view(np.uint8), 1, spacing)[0])
 
 
-def surface_areas(index: np.ndarray, k: int, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Area of skimage's marching-cubes mesh (level 0.5, ``spacing``) of each object 1..k of ``index`` (3D,
-    0 background), its crop zero-padded by one voxel.
-
-    With values 0 and 1, every cube of 2 x 2 x 2 voxels gets the triangles of its corners' pattern alone
-    (vertices at edge midpoints, Lewiner's tests decided by the pattern), so an object's area is the sum over
-    the cubes that hold it and something else of a table of the 256 patterns' areas."""
-    table = _cube_areas(tuple(map(float, spacing)))
-    total = np.zeros(k + 1)
-    corner_offsets = np.array(list(np.ndindex(2, 2, 2)))
-    for z0, core, padded, strides in hull.slabs(index):
-        n = (core.shape[0] + (z0 + core.shape[0] == index.shape[0]), padded.shape[1] - 1, padded.shape[2] - 1)
-        corners = [padded[dz:dz + n[0], dy:dy + n[1], dx:dx + n[2]] for dz, dy, dx in corner_offsets]
-        if k == 1:  # one object: its pattern from the corners' bits
-            pattern = np.zeros(n, np.uint8)
-            for bit, c in enumerate(corners):
-                pattern |= (c == 1).view(np.uint8) << bit
-            total[1] += np.bincount(pattern.ravel(), minlength=256) @ table
-            continue
-        mixed = corners[1] != corners[0]
-        for c in corners[2:]:
-            mixed |= c != corners[0]
-        first = np.column_stack(np.nonzero(mixed)) @ strides  # the mixed cubes' first corners, flat
-        values = padded.ravel()[first + (corner_offsets @ strides)[:, None]]
-        top = values.max(axis=0)
-        alone = ((values == top) | (values == 0)).all(axis=0)  # one object and background: most cubes
-        pattern = np.packbits(values[:, alone] != 0, axis=0, bitorder="little")[0]
-        total += np.bincount(top[alone], weights=table[pattern], minlength=k + 1)
-        values = values[:, ~alone]
-        for r in range(8):  # cubes of several objects: each object once, at its first corner
-            first = values[r] > 0
-            for j in range(r):
-                first &= values[j] != values[r]
-            own = values[:, first]
-            pattern = np.packbits(own == own[r], axis=0, bitorder="little")[0]
-            total += np.bincount(own[r], weights=table[pattern], minlength=k + 1)
-    return total[1:]
-
-
 def surface_area(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """:func:`surface_areas` of one object, ``mask`` its crop."""
-    return float(surface_areas(np.asarray(mask, bool).view(np.uint8), 1, spacing)[0])
+    """The marching-cubes mesh area of one object, ``mask`` its crop (:mod:`bigseg.measure.crops`)."""
+    mask = np.asarray(mask, bool)
+    box = np.array([mask.shape])
+    return float(shape3d.shape_3d(mask, np.array([1]), np.zeros_like(box), box, _cube_areas(tuple(spacing)))[2][0])
 
 
 @functools.lru_cache(maxsize=16)

@@ -42,16 +42,19 @@ import numpy as np
 
 from bigseg.io import store
 from bigseg.io import table as table_io
+from bigseg.io.chunk_cache import ChunkCache
 from bigseg.io.ome import open_array
 from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
 
 __all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops",
-           "too_large_message"]
+           "read_cell", "too_large_message"]
 
 #: The columns this pass adds, by number of spatial axes.
 CROP_COLUMNS = {2: ("solidity", "extent", "equivalent_diameter_area", "perimeter", "circularity"),
                 3: ("solidity", "extent", "equivalent_diameter_area", "surface_area", "sphericity")}
 AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+#: Voxels of a read cell, about (:func:`read_cell`).
+CELL_VOXELS = 2**21
 
 
 def crop_voxels() -> int:
@@ -70,7 +73,6 @@ class CropTask:
     level_path: str
     zarr_format: int
     shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
     spacing: tuple[float, ...]
     max_voxels: int
     #: leading axes of the label array before the spatial ones (a time-lapse's t: the part's ``t`` column)
@@ -78,17 +80,15 @@ class CropTask:
 
 
 def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: int, shape: tuple[int, ...],
-               block_shape: tuple[int, ...], spacing: tuple[float, ...],
-               max_voxels: int | None = None, batch: int = 0) -> list[list[CropTask]]:
+               spacing: tuple[float, ...], max_voxels: int | None = None, batch: int = 0) -> list[list[CropTask]]:
     """The pass's tasks, one per part of the table folder ``parts_url`` (from its file names only), in one step.
     ``max_voxels``: :func:`crop_voxels` when not given."""
-    if not len(shape) == len(block_shape) == len(spacing) or len(shape) not in CROP_COLUMNS:
-        raise ValueError(f"crop_steps needs 2 or 3 axes alike in shape {tuple(shape)}, block_shape "
-                         f"{tuple(block_shape)} and spacing {tuple(spacing)}")
+    if len(shape) != len(spacing) or len(shape) not in CROP_COLUMNS:
+        raise ValueError(f"crop_steps needs 2 or 3 axes alike in shape {tuple(shape)} and spacing {tuple(spacing)}")
     bound = crop_voxels() if max_voxels is None else int(max_voxels)
     names = sorted(n for n in store.children(parts_url) if n.endswith(".parquet"))
     return [[CropTask(store.join(parts_url, n), labels_url, level_path, zarr_format, tuple(map(int, shape)),
-                      tuple(map(int, block_shape)), tuple(map(float, spacing)), bound, batch) for n in names]]
+                      tuple(map(float, spacing)), bound, batch) for n in names]]
 
 
 def measure_crops(task: CropTask) -> int:
@@ -109,11 +109,12 @@ def measure_crops(task: CropTask) -> int:
     columns = size_features(df["voxel_count"].to_numpy(), box, task.spacing)
     columns.update({k: np.full(len(df), np.nan) for k in SHAPE_COLUMNS[ndim]})
     too_large = box > task.max_voxels
-    array = open_array(task.labels_url, task.level_path, task.zarr_format)
+    array = ChunkCache(open_array(task.labels_url, task.level_path, task.zarr_format))  # the reads overlap
+    cell = read_cell(array.chunks[task.batch:], task.shape)
     for prefix, subset in _frames(df, task.batch):
-        for rows, lo, hi in crop_reads(bbox_min, bbox_max, subset[~too_large[subset]], task.shape,
-                                       task.block_shape, task.max_voxels):
-            region = np.asarray(array[prefix + tuple(slice(a, b) for a, b in zip(lo, hi))])
+        for rows, lo, hi in crop_reads(bbox_min, bbox_max, subset[~too_large[subset]], task.shape, cell,
+                                       task.max_voxels):
+            region = array.read(prefix + tuple(slice(a, b) for a, b in zip(lo, hi)))
             values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
             for k, v in values.items():
                 columns[k][rows] = v
@@ -141,14 +142,42 @@ def _frames(df, batch: int):
     return [((int(v),), np.flatnonzero(t == v)) for v in np.unique(t)]
 
 
+def read_cell(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The cells that objects are read by (:func:`crop_reads`): the label array's chunks, the longest axis halved
+    while over :data:`CELL_VOXELS` voxels, the shortest doubled while under a quarter of it. Reads of a few
+    MB each: the region arrays are reused from one read to the next (a fresh large array costs its pages)."""
+    cell = [max(1, min(int(c), int(s))) for c, s in zip(chunks, shape)]
+    while math.prod(cell) > CELL_VOXELS and max(cell) > 1:
+        d = int(np.argmax(cell))
+        cell[d] = -(-cell[d] // 2)
+    while math.prod(cell) < CELL_VOXELS // 4:
+        growable = [d for d in range(len(cell)) if cell[d] < shape[d]]
+        if not growable:
+            break
+        d = min(growable, key=lambda i: cell[i])
+        cell[d] = min(2 * cell[d], int(shape[d]))
+    return tuple(cell)
+
+
+def _morton(index: np.ndarray) -> np.ndarray:
+    """The Z-order (Morton) code of each row of cell indices (bits interleaved, the first axis highest)."""
+    index = np.asarray(index, np.uint64)
+    ndim = index.shape[1]
+    code = np.zeros(len(index), np.uint64)
+    for bit in range(64 // ndim):
+        for d in range(ndim):
+            code |= ((index[:, d] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * ndim + ndim - 1 - d)
+    return code
+
+
 def crop_reads(bbox_min: np.ndarray, bbox_max: np.ndarray, rows: np.ndarray, shape: tuple[int, ...],
-               block_shape: tuple[int, ...], max_voxels: int):
-    """(rows, region start, region stop) of each read: the objects whose boxes start in one block, read as the
-    union of their boxes, or one by one where that union holds more than ``max_voxels`` voxels."""
+               cell: tuple[int, ...], max_voxels: int):
+    """(rows, region start, region stop) of each read: the objects whose boxes start in one cell (of shape
+    ``cell``), read as the union of their boxes, or one by one where that union holds more than ``max_voxels``
+    voxels."""
     if not rows.size:
         return
-    grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
-    block = np.ravel_multi_index(tuple((bbox_min[rows] // np.asarray(block_shape)).T), grid)
+    block = _morton(bbox_min[rows] // np.asarray(cell))  # nearby cells in turn: their chunks stay cached
     order = np.argsort(block, kind="stable")
     rows, block = rows[order], block[order]
     starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True])

@@ -29,7 +29,6 @@ class TableAt:
     name: str
     shape: tuple[int, ...]
     spacing: tuple[float, ...]  # the level's scale
-    block_shape: tuple[int, ...]  # the blocks the objects' boxes are read by (the job's, spatial)
     batch: int = 0  # leading axes of the label array before the spatial ones (a time-lapse's t)
 
     @property
@@ -49,7 +48,7 @@ def run_passes(stages, measure: MeasurePlan, at: TableAt) -> list[str]:
         bound = crops.crop_voxels()
         with stages.local("crops"):
             steps = crops.crop_steps(at.parts_url, at.labels_url, at.level_path, at.zarr_format, at.shape,
-                                     at.block_shape, at.spacing, bound, at.batch)
+                                     at.spacing, bound, at.batch)
         too_large = sum(sum(r or 0 for r in stages.run("crops", crops.measure_crops, tasks, step=f"crops-{i}"))
                         for i, tasks in enumerate(steps))
         if too_large:

@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import zarr
 
@@ -144,20 +145,43 @@ def _fingerprint(labels_url, path, shape, block, bounds, urls) -> str:
 def face_pairs(labels: np.ndarray, core: tuple[int, ...]) -> np.ndarray:
     """The distinct pairs (lower id, higher id), shape (n, 2) uint64, of different nonzero labels at voxels one
     apart along one axis, the first voxel in ``labels[:core]`` (``labels`` may reach one voxel past it)."""
-    found = []
-    for d in range(labels.ndim):
-        n = min(core[d], labels.shape[d] - 1)
-        if n <= 0:
-            continue
-        first = [slice(0, c) for c in core]
-        first[d] = slice(0, n)
-        second = list(first)
-        second[d] = slice(1, n + 1)
-        a, b = labels[tuple(first)], labels[tuple(second)]
-        differ = (a != b) & (a != 0) & (b != 0)
-        a, b = a[differ].astype(np.uint64), b[differ].astype(np.uint64)
-        found.append(np.column_stack([np.minimum(a, b), np.maximum(a, b)]))
-    return unique_pairs(np.concatenate(found) if found else np.zeros((0, 2), np.uint64))
+    if labels.ndim == 2:
+        labels, core = labels[None], (1, *core)
+    if labels.ndim != 3:
+        raise ValueError(f"face_pairs needs 2D or 3D labels, not shape {labels.shape}")
+    return unique_pairs(_face_pairs_3d(np.ascontiguousarray(labels), *(min(c, s) for c, s in zip(core, labels.shape))))
+
+
+@numba.njit(cache=True, nogil=True)
+def _face_pairs_3d(labels, cz, cy, cx):
+    """:func:`face_pairs` before deduplication (a pair repeated along a line is written once)."""
+    out = np.empty((1024, 2), np.uint64)
+    n = 0
+    last_lo, last_hi = np.uint64(0), np.uint64(0)
+    for z in range(cz):
+        for y in range(cy):
+            for x in range(cx):
+                a = labels[z, y, x]
+                if a == 0:
+                    continue
+                for d in range(3):
+                    nz, ny, nx = z + (d == 0), y + (d == 1), x + (d == 2)
+                    if nz >= labels.shape[0] or ny >= labels.shape[1] or nx >= labels.shape[2]:
+                        continue
+                    b = labels[nz, ny, nx]
+                    if b == 0 or b == a:
+                        continue
+                    lo, hi = np.uint64(min(a, b)), np.uint64(max(a, b))
+                    if lo == last_lo and hi == last_hi:
+                        continue
+                    if n == out.shape[0]:
+                        grown = np.empty((2 * n, 2), np.uint64)
+                        grown[:n] = out
+                        out = grown
+                    out[n, 0], out[n, 1] = lo, hi
+                    last_lo, last_hi = lo, hi
+                    n += 1
+    return out[:n]
 
 
 def unique_pairs(pairs: np.ndarray) -> np.ndarray:
