@@ -5,6 +5,7 @@ import hashlib
 import math
 import os
 import shutil
+import uuid
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ from skimage.morphology import convex_hull_image
 import bigseg
 from bigseg.io.table import read_table
 from bigseg.measure import crops, hull
+from bigseg.measure.parts import join_part
 from bigseg.synthetic import nuclei, write_ome_zarr
 
 CASES = {2: dict(shape=(256, 224), chunks=(32, 32), block=(96, 96), scale={"y": 0.5, "x": 0.5}),
@@ -41,8 +43,12 @@ def jobs(client, tmp_path_factory):
 
 
 def _run_pass(client, table, labels, shape, spacing, max_voxels=None) -> int:
-    steps = crops.crop_steps(table, labels, "0", 3, shape, spacing, max_voxels)
-    return sum(sum(client.gather(client.map(crops.measure_crops, step, pure=False))) for step in steps)
+    """The crop pass's two steps on the workers; returns the objects too large for it."""
+    work = os.path.join(os.path.dirname(table), f"work-{uuid.uuid4().hex[:8]}")
+    measure, join = crops.crop_steps(table, work, labels, "0", 3, shape, spacing, max_voxels)
+    too_large = sum(client.gather(client.map(crops.measure_crops, measure, pure=False)))
+    client.gather(client.map(join_part, join, pure=False))
+    return too_large
 
 
 def _reference(labels, spacing) -> tuple[pd.DataFrame, dict]:

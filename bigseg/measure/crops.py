@@ -27,15 +27,18 @@ scikit-image has no surface_area, sphericity or circularity; bigseg defines them
 The pass (:func:`crop_steps` on the client, :func:`measure_crops` on the workers) reads each object once: an
 object's row is in exactly one part, and that part's task reads it (the part owns the object; the client lists
 part names only, no rows). A task reads the label image (level 0) once per group of its objects whose bounding
-boxes start in one block, as the union of their boxes (one read for a block's interior objects), and rewrites
-its part with the new columns, whole, then renamed into place; a rerun leaves a finished part as it is. An
-object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read: its crop columns
+boxes start in one cell (:func:`read_cell`: a few MB), as the union of their boxes, cell by cell in Z-order
+through a cache of decoded chunks (:class:`~bigseg.io.chunk_cache.ChunkCache`: the boxes of objects that cross
+block faces overlap several chunks), and writes its columns to a results file; a second step joins them into
+the parts (with the neighbourhood pass's columns where it runs: one rewrite of each part, whole, then renamed
+into place; a rerun writes the same bytes). An object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read: its crop columns
 are NaN (``extent`` and ``equivalent_diameter_area`` come from its row and are always set), and the task
 returns how many such objects its part has (:func:`too_large_message`).
 """
 from __future__ import annotations
 
 import math
+import posixpath
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +47,9 @@ from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.chunk_cache import ChunkCache
 from bigseg.io.ome import open_array
+from bigseg.measure import parts
 from bigseg.measure.crop_shape import SHAPE_COLUMNS, crop_features, region_features, size_features
+from bigseg.measure.parts import Column, JoinTask
 
 __all__ = ["CROP_COLUMNS", "CropTask", "crop_features", "crop_reads", "crop_steps", "crop_voxels", "measure_crops",
            "read_cell", "too_large_message"]
@@ -66,9 +71,11 @@ def crop_voxels() -> int:
 
 @dataclass(frozen=True)
 class CropTask:
-    """Add the crop columns to one table part, reading the objects from a label image's level."""
+    """Measure the crop columns of one table part's objects, reading them from a label image's level, into the
+    results file ``out_url`` (``label`` and the columns; joined into the part by the pass's second step)."""
 
     part_url: str
+    out_url: str
     labels_url: str
     level_path: str
     zarr_format: int
@@ -79,30 +86,29 @@ class CropTask:
     batch: int = 0
 
 
-def crop_steps(parts_url: str, labels_url: str, level_path: str, zarr_format: int, shape: tuple[int, ...],
-               spacing: tuple[float, ...], max_voxels: int | None = None, batch: int = 0) -> list[list[CropTask]]:
-    """The pass's tasks, one per part of the table folder ``parts_url`` (from its file names only), in one step.
-    ``max_voxels``: :func:`crop_voxels` when not given."""
+def crop_steps(parts_url: str, work_url: str, labels_url: str, level_path: str, zarr_format: int,
+               shape: tuple[int, ...], spacing: tuple[float, ...], max_voxels: int | None = None,
+               batch: int = 0) -> list[list]:
+    """The pass's two steps for the table folder ``parts_url`` (from its file names only): one
+    :class:`CropTask` per part (results under ``work_url``), then one :class:`~bigseg.measure.parts.JoinTask`
+    per part. ``max_voxels``: :func:`crop_voxels` when not given."""
     if len(shape) != len(spacing) or len(shape) not in CROP_COLUMNS:
         raise ValueError(f"crop_steps needs 2 or 3 axes alike in shape {tuple(shape)} and spacing {tuple(spacing)}")
     bound = crop_voxels() if max_voxels is None else int(max_voxels)
-    names = sorted(n for n in store.children(parts_url) if n.endswith(".parquet"))
-    return [[CropTask(store.join(parts_url, n), labels_url, level_path, zarr_format, tuple(map(int, shape)),
-                      tuple(map(float, spacing)), bound, batch) for n in names]]
+    urls = parts.part_urls(parts_url)
+    outs = [store.join(work_url, "crops", posixpath.basename(u).replace(".parquet", ".npz")) for u in urls]
+    columns = tuple(Column(name, "float64", math.nan) for name in CROP_COLUMNS[len(shape)])
+    return [[CropTask(u, o, labels_url, level_path, zarr_format, tuple(map(int, shape)), tuple(map(float, spacing)),
+                      bound, batch) for u, o in zip(urls, outs)],
+            [JoinTask(u, (o,), columns) for u, o in zip(urls, outs)]]
 
 
 def measure_crops(task: CropTask) -> int:
-    """Add the crop columns to ``task``'s part; returns how many of its objects have a bounding box over
-    ``task.max_voxels`` voxels (no crop features). A part that has the columns is left as it is, unless it has
-    objects without them that the bound now admits (it was raised)."""
+    """Write the crop columns of ``task``'s part; returns how many of its objects have a bounding box over
+    ``task.max_voxels`` voxels (no crop features)."""
     ndim = len(task.shape)
     mins, maxs = [f"bbox_min_{a}" for a in AXES[ndim]], [f"bbox_max_{a}" for a in AXES[ndim]]
-    if set(CROP_COLUMNS[ndim]) <= set(table_io.part_columns(task.part_url)):
-        done = table_io.read_part(task.part_url, mins + maxs + ["solidity"])
-        box = _box_voxels(done[mins].to_numpy(), done[maxs].to_numpy())
-        if not (done["solidity"].isna().to_numpy() & (box <= task.max_voxels)).any():
-            return int((box > task.max_voxels).sum())
-    df = table_io.read_part(task.part_url)
+    df = table_io.read_part(task.part_url, ["label", "voxel_count", *mins, *maxs] + (["t"] if task.batch else []))
     bbox_min, bbox_max = df[mins].to_numpy(np.int64), df[maxs].to_numpy(np.int64)
     labels = df["label"].to_numpy()
     box = _box_voxels(bbox_min, bbox_max)
@@ -118,9 +124,7 @@ def measure_crops(task: CropTask) -> int:
             values = region_features(region, tuple(lo), labels[rows], bbox_min[rows], bbox_max[rows], task.spacing)
             for k, v in values.items():
                 columns[k][rows] = v
-    for k in CROP_COLUMNS[ndim]:
-        df[k] = columns[k]
-    table_io.write_part(df, task.part_url)
+    store.save_arrays(task.out_url, {"label": labels, **{k: columns[k] for k in CROP_COLUMNS[ndim]}})
     return int(too_large.sum())
 
 

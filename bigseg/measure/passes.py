@@ -1,7 +1,7 @@
 """The passes over a finished table's parts that a job's measure settings ask for, run step by step on the
 workers with the job's :class:`~bigseg.engine.runner.StageRunner`: shape features from object crops,
-neighbourhoods (centroid neighbours and touching objects) and the parent's side of parent-child counts. The segment job and the measure job run the same
-passes."""
+neighbourhoods (centroid neighbours and touching objects) and the parent's side of parent-child counts. The
+segment job and the measure job run the same passes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ import numpy as np
 from bigseg.io import store
 from bigseg.io import table as table_io
 from bigseg.io.lock import JobLock
-from bigseg.measure import children, crops
+from bigseg.measure import children, crops, parts
 from bigseg.measure.neighbourhood import neighbourhood_steps, neighbourhood_task
 from bigseg.measure.settings import MeasurePlan
 
@@ -42,26 +42,37 @@ class TableAt:
 
 
 def run_passes(stages, measure: MeasurePlan, at: TableAt) -> list[str]:
-    """Run the passes; returns warnings for the user (objects too large for the crop pass)."""
-    warnings = []
+    """Run the passes; returns warnings for the user (objects too large for the crop pass). The crop pass and
+    the neighbourhood pass run as one, step by step (the workers pack the crop tasks with the first step's), and
+    their last steps as one join per part."""
+    warnings, steps, names = [], [], []
     if measure.crops:
         bound = crops.crop_voxels()
         with stages.local("crops"):
-            steps = crops.crop_steps(at.parts_url, at.labels_url, at.level_path, at.zarr_format, at.shape,
-                                     at.spacing, bound, at.batch)
-        too_large = sum(sum(r or 0 for r in stages.run("crops", crops.measure_crops, tasks, step=f"crops-{i}"))
-                        for i, tasks in enumerate(steps))
-        if too_large:
-            warnings.append(crops.too_large_message(too_large, bound))
+            steps = crops.crop_steps(at.parts_url, at.work_url, at.labels_url, at.level_path, at.zarr_format,
+                                     at.shape, at.spacing, bound, at.batch)
+        names.append("crops")
     if measure.neighbour_radius is not None:
         with stages.local("neighbours"):
-            steps = neighbourhood_steps(at.parts_url, at.work_url, measure.neighbour_radius, at.labels_url,
-                                        at.level_path)
-        for i, tasks in enumerate(steps):
-            stages.run("neighbours", neighbourhood_task, tasks, step=f"neighbours-{i}", results=False)
+            near = neighbourhood_steps(at.parts_url, at.work_url, measure.neighbour_radius, at.labels_url,
+                                       at.level_path)
+        steps = [steps[0] + near[0], *near[1:-1], parts.merge_joins(steps[-1], near[-1])] if steps else near
+        names.append("neighbours")
+    name, too_large = "+".join(names), 0
+    for i, tasks in enumerate(steps):
+        results = stages.run(name, pass_task, tasks, step=f"{name}-{i}")
+        too_large += sum(r or 0 for t, r in zip(tasks, results) if isinstance(t, crops.CropTask))
+    if too_large:
+        warnings.append(crops.too_large_message(too_large, bound))
     if measure.parent is not None:
         _children(stages, measure.parent, at)
     return warnings
+
+
+def pass_task(task):
+    """The worker function of the passes' tasks: a crop task's count of objects too large, or a neighbourhood
+    task's result."""
+    return crops.measure_crops(task) if isinstance(task, crops.CropTask) else neighbourhood_task(task)
 
 
 def _children(stages, parent: str, at: TableAt) -> None:
