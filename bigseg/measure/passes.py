@@ -4,6 +4,7 @@ neighbourhoods (centroid neighbours and touching objects) and the parent's side 
 segment job and the measure job run the same passes."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,20 +46,18 @@ def run_passes(stages, measure: MeasurePlan, at: TableAt) -> list[str]:
     """Run the passes; returns warnings for the user (objects too large for the crop pass). The crop pass and
     the neighbourhood pass run as one, step by step (the workers pack the crop tasks with the first step's), and
     their last steps as one join per part."""
-    warnings, steps, names = [], [], []
-    if measure.crops:
-        bound = crops.crop_voxels()
-        with stages.local("crops"):
+    warnings, steps, too_large = [], [], 0
+    name = "+".join(n for n, on in (("crops", measure.crops), ("neighbours", measure.neighbour_radius is not None))
+                    if on)
+    with stages.local(name) if name else contextlib.nullcontext():
+        if measure.crops:
+            bound = crops.crop_voxels()
             steps = crops.crop_steps(at.parts_url, at.work_url, at.labels_url, at.level_path, at.zarr_format,
                                      at.shape, at.spacing, bound, at.batch)
-        names.append("crops")
-    if measure.neighbour_radius is not None:
-        with stages.local("neighbours"):
+        if measure.neighbour_radius is not None:
             near = neighbourhood_steps(at.parts_url, at.work_url, measure.neighbour_radius, at.labels_url,
                                        at.level_path)
-        steps = [steps[0] + near[0], *near[1:-1], parts.merge_joins(steps[-1], near[-1])] if steps else near
-        names.append("neighbours")
-    name, too_large = "+".join(names), 0
+            steps = [steps[0] + near[0], *near[1:-1], parts.merge_joins(steps[-1], near[-1])] if steps else near
     for i, tasks in enumerate(steps):
         results = stages.run(name, pass_task, tasks, step=f"{name}-{i}")
         too_large += sum(r or 0 for t, r in zip(tasks, results) if isinstance(t, crops.CropTask))
