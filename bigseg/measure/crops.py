@@ -31,9 +31,10 @@ boxes start in one cell (:func:`read_cell`: a few MB), as the union of their box
 through a cache of decoded chunks (:class:`~bigseg.io.chunk_cache.ChunkCache`: the boxes of objects that cross
 block faces overlap several chunks), and writes its columns to a results file; a second step joins them into
 the parts (with the neighbourhood pass's columns where it runs: one rewrite of each part, whole, then renamed
-into place; a rerun writes the same bytes). An object whose bounding box holds more than ``bigseg.measure.crop-voxels`` voxels is not read: its crop columns
-are NaN (``extent`` and ``equivalent_diameter_area`` come from its row and are always set), and the task
-returns how many such objects its part has (:func:`too_large_message`).
+into place; a rerun writes the same bytes). An object whose bounding box holds more than
+``bigseg.measure.crop-voxels`` voxels is not read: its crop columns are NaN (``extent`` and
+``equivalent_diameter_area`` come from its row and are always set), and the task returns how many such objects
+its part has (:func:`too_large_message`).
 """
 from __future__ import annotations
 

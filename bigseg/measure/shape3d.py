@@ -59,7 +59,9 @@ def _shape_3d(region, labels, lo, hi, cube_areas, faces):
 
 @numba.njit(**_JIT)
 def _surface(mask, cube_areas):
-    """The mesh area: over every cube of the padded mask, the area of its corner pattern."""
+    """The area of skimage's marching-cubes mesh (Lewiner, level 0.5) of the padded mask: with values 0 and 1
+    every cube of 2 x 2 x 2 voxels gets the triangles of its corners' pattern alone (vertices at edge midpoints,
+    Lewiner's tests decided by the pattern), so the area is the sum over the cubes of their patterns' areas."""
     total = 0.0
     for z in range(mask.shape[0] - 1):
         for y in range(mask.shape[1] - 1):
@@ -123,24 +125,25 @@ def _plane(p, a, b, c):
 
 @numba.njit(**_JIT)
 def _first_simplex(p):
-    """Four points of ``p`` not in one plane (the points span 3D: a widened voxel set always does)."""
+    """Four points of ``p`` not in one plane (the points span 3D: a widened voxel set always does). The
+    choices compare floats (squared lengths could overflow int64 on huge boxes); only nonzero matters."""
     n = p.shape[0]
     i0 = 0
-    i1, best = 0, -1
+    i1, best = 0, -1.0
     for i in range(n):
-        d = (p[i, 0] - p[i0, 0]) ** 2 + (p[i, 1] - p[i0, 1]) ** 2 + (p[i, 2] - p[i0, 2]) ** 2
+        d = float(p[i, 0] - p[i0, 0]) ** 2 + float(p[i, 1] - p[i0, 1]) ** 2 + float(p[i, 2] - p[i0, 2]) ** 2
         if d > best:
             i1, best = i, d
-    i2, best = 0, -1
+    i2, best = 0, -1.0
     for i in range(n):
         n0, n1, n2, _ = _plane(p, i0, i1, i)
-        d = n0 * n0 + n1 * n1 + n2 * n2
+        d = float(n0) ** 2 + float(n1) ** 2 + float(n2) ** 2
         if d > best:
             i2, best = i, d
     n0, n1, n2, off = _plane(p, i0, i1, i2)
-    i3, best = 0, -1
+    i3, best = 0, -1.0
     for i in range(n):
-        d = abs(n0 * p[i, 0] + n1 * p[i, 1] + n2 * p[i, 2] - off)
+        d = abs(float(n0 * p[i, 0] + n1 * p[i, 1] + n2 * p[i, 2] - off))
         if d > best:
             i3, best = i, d
     return i0, i1, i2, i3
