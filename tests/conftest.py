@@ -10,6 +10,13 @@ import pytest
 from bigseg.synthetic import nuclei, write_ome_zarr
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bigseg_cache(tmp_path_factory):
+    """bigseg's cache folder (StarDist networks' geometry) for this run only: the tests' models are new each run."""
+    os.environ["BIGSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("bigseg-cache"))
+    yield os.environ["BIGSEG_CACHE_DIR"]
+
+
 @pytest.fixture(scope="session")
 def client():
     """A real distributed cluster: 2 single-threaded worker processes (CI has 2 cores)."""

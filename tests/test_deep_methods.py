@@ -2,6 +2,7 @@
 bigseg. Block-wise results are compared with the same model run on the whole image as one block."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -185,6 +186,44 @@ def test_gpu_blocks_run_only_on_the_gpu_worker(tmp_path, pixel_classifier, stard
         assert {t["worker"] for t in segment} == set(gpu_worker)
         env = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         assert env[gpu_worker[0]] == "0"
+
+
+def test_planning_a_stardist_job_keeps_tensorflow_out_of_the_client_and_caches_the_geometry(stardist2d,
+                                                                                            bigseg_cache):
+    """The receptive field is measured in a child process once per model, then read from the cache; a changed
+    model folder (new weights) is measured again."""
+    import subprocess
+    import sys
+    code = ("import json, sys; from bigseg.methods.stardist import network_geometry; "
+            f"g = network_geometry({stardist2d!r}, 2); print(json.dumps([g, 'tensorflow' in sys.modules]))")
+
+    def plan():
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    os.makedirs(bigseg_cache, exist_ok=True)
+    cache = os.path.join(bigseg_cache, "stardist-geometry.json")
+    if os.path.exists(cache):
+        os.remove(cache)
+    (field, divisor), imported = plan()
+    assert not imported and len(field) == 2 and min(field) > 0
+    from stardist.models import StarDist2D  # the same network in this process
+    net = StarDist2D(None, name=os.path.basename(stardist2d), basedir=os.path.dirname(stardist2d))
+    assert field == [int(o) for o in net._axes_tile_overlap("YX")]
+    assert divisor == [int(d) for d in net._axes_div_by("YX")] == [8, 8]  # grid 2 x 2 poolings of 2
+    assert os.path.exists(cache)
+    with open(cache) as f:
+        entries = json.load(f)
+    assert len(entries) == 1
+    key = next(iter(entries))
+    entries[key]["field"] = [1, 1]  # a cached value is used as it is (no child process)
+    with open(cache, "w") as f:
+        json.dump(entries, f)
+    assert plan()[0][0] == [1, 1]
+    config = os.path.join(stardist2d, "config.json")
+    os.utime(config, ns=(os.stat(config).st_atime_ns, os.stat(config).st_mtime_ns + 10**9))  # the model changed
+    assert plan()[0][0] == field
+    with open(cache) as f:
+        assert len(json.load(f)) == 2
 
 
 def test_offline_pretrained_name_says_how_to_use_a_local_copy(tmp_path, client):

@@ -57,12 +57,9 @@ class StarDist(DeepMethod):
 
     def prepare(self, view) -> "StarDist":
         method = super().prepare(view)
-        if method._receptive_field is None:  # the client loads the model once to read its receptive field
-            model = method.load(view.ndim)
-            axes = "ZYX"[-view.ndim:]
+        if method._receptive_field is None:  # once per model: cached, else measured outside the client
             method = method.model_copy()
-            method._receptive_field = tuple(int(o) for o in model._axes_tile_overlap(axes))
-            method._divisor = tuple(int(d) for d in model._axes_div_by(axes))
+            method._receptive_field, method._divisor = network_geometry(self.model, view.ndim)
         return method
 
     def alignment(self, ndim: int) -> tuple[int, ...]:
@@ -97,6 +94,88 @@ class StarDist(DeepMethod):
         labels, _ = model.predict_instances(self.normalized(block), prob_thresh=self.prob_thresh,
                                             nms_thresh=self.nms_thresh, verbose=False, show_tile_progress=False)
         return labels
+
+
+#: Measures a model's receptive field and size divisor in a child process (prints one JSON line).
+_GEOMETRY_CODE = """
+import json, sys
+from bigseg.errors import BigsegError
+from bigseg.methods.stardist import StarDist
+model, ndim = sys.argv[1], int(sys.argv[2])
+try:
+    net, axes = StarDist(model=model).load(ndim), "ZYX"[-ndim:]
+    print(json.dumps({"field": [int(o) for o in net._axes_tile_overlap(axes)],
+                      "divisor": [int(d) for d in net._axes_div_by(axes)]}))
+except BigsegError as err:
+    print(json.dumps({"error": str(err)}))
+"""
+
+
+def network_geometry(model: str, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The network's receptive field and the factor its input sizes must divide by, per axis: from the cache
+    (:func:`geometry_cache`, keyed by the model folder's files, or a pretrained name and the stardist version),
+    else measured by StarDist in a child process, so that the client never imports
+    TensorFlow (seconds and about 1 GB of a notebook's memory)."""
+    import json
+    import subprocess
+    import sys
+    key = _model_key(model, ndim)
+    cache = geometry_cache()
+    known = _read_json(cache).get(key)
+    if known is None:
+        proc = subprocess.run([sys.executable, "-c", _GEOMETRY_CODE, model, str(ndim)], capture_output=True,
+                              text=True)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode or not lines:
+            error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ParameterError(f"cannot load StarDist model {model} ({error}); give a trained StarDist model "
+                                 "folder (config.json and weights)")
+        known = json.loads(lines[-1])
+        if "error" in known:
+            raise ParameterError(known["error"])
+        _write_json(cache, {**_read_json(cache), key: known})
+    return tuple(known["field"]), tuple(known["divisor"])
+
+
+def _model_key(model: str, ndim: int) -> str:
+    """What the geometry depends on: a model folder's top-level files (names, sizes, modification times), or a
+    pretrained name with the installed stardist version."""
+    import hashlib
+    from importlib.metadata import version
+    if os.path.isdir(model):
+        files = sorted((e for e in os.scandir(model) if e.is_file()), key=lambda e: e.name)
+        stamp = [(e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in files]
+        return f"{ndim}D:" + hashlib.sha256(repr((os.path.abspath(model), stamp)).encode()).hexdigest()[:24]
+    return f"{ndim}D:{model}@stardist-{version('stardist')}"
+
+
+def geometry_cache() -> str:
+    """``$BIGSEG_CACHE_DIR/stardist-geometry.json``, by default in ``$XDG_CACHE_HOME/bigseg`` (``~/.cache``)."""
+    base = os.environ.get("BIGSEG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bigseg")
+    return os.path.join(base, "stardist-geometry.json")
+
+
+def _read_json(path: str) -> dict:
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # none yet, or unreadable: measure again
+        return {}
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Written aside and renamed; a cache folder that cannot be written only costs the next job a measurement."""
+    import json
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.partial"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _limit_tensorflow_threads() -> None:
