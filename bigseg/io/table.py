@@ -43,12 +43,6 @@ def read_part(url: str, columns: list[str] | None = None) -> pd.DataFrame:
     return pq.read_table(path, columns=columns, filesystem=fs).to_pandas()
 
 
-def part_columns(url: str) -> list[str]:
-    """The column names of one part, from its footer."""
-    fs, path = store.filesystem(url)
-    with fs.open(path, "rb") as f:
-        return pq.read_schema(f).names
-
 
 def read_table(url: str) -> pd.DataFrame:
     """The whole table (all parts), sorted by label."""

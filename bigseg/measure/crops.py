@@ -182,10 +182,10 @@ def crop_reads(bbox_min: np.ndarray, bbox_max: np.ndarray, rows: np.ndarray, sha
     voxels."""
     if not rows.size:
         return
-    block = _morton(bbox_min[rows] // np.asarray(cell))  # nearby cells in turn: their chunks stay cached
-    order = np.argsort(block, kind="stable")
-    rows, block = rows[order], block[order]
-    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1], True])
+    code = _morton(bbox_min[rows] // np.asarray(cell))  # nearby cells in turn: their chunks stay cached
+    order = np.argsort(code, kind="stable")
+    rows, code = rows[order], code[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1], True])
     for s, e in zip(starts[:-1], starts[1:]):
         group = rows[s:e]
         lo, hi = bbox_min[group].min(axis=0), bbox_max[group].max(axis=0)

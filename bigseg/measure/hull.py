@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bigseg.measure import shape3d
+
 #: No pixel in the row (below every end).
 _NONE = np.iinfo(np.int64).min // 4
 
@@ -17,9 +19,8 @@ def hull_voxels(mask: np.ndarray) -> int:
     index = np.asarray(mask, bool).view(np.uint8)
     if mask.ndim == 2:
         return int(hull_pixels(index, 1)[0])
-    from bigseg.measure.shape3d import shape_3d
     box = np.array([mask.shape])
-    return int(shape_3d(index, np.array([1]), np.zeros_like(box), box, np.zeros(256))[1][0])
+    return int(shape3d.shape_3d(index, np.array([1]), np.zeros_like(box), box, np.zeros(256))[1][0])
 
 
 def hull_pixels(index: np.ndarray, k: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import PrivateAttr
 
 from bigseg.errors import ParameterError
+from bigseg.io import store
 from bigseg.methods import _models
 from bigseg.methods._deep import DeepMethod
 from bigseg.methods.base import PositiveLength, describe, length_help
@@ -159,21 +160,16 @@ def geometry_cache() -> str:
 def _read_json(path: str) -> dict:
     import json
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(store.load_bytes(path))
     except (OSError, ValueError):  # none yet, or unreadable: measure again
         return {}
 
 
 def _write_json(path: str, data: dict) -> None:
-    """Written aside and renamed; a cache folder that cannot be written only costs the next job a measurement."""
+    """A cache folder that cannot be written only costs the next job a measurement."""
     import json
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.partial"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        store.save_bytes(path, json.dumps(data).encode())
     except OSError:
         pass
 
